@@ -1,0 +1,74 @@
+//! Plain data describing one union mount: the layers, the workdir and the mount policies.
+//!
+//! Built and validated by `cli` (and by tests directly); read by the engine and the FUSE adapter.
+//! No I/O happens here: every path in a `Config` has already been checked by `setup`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Which namespace the overlay's private xattrs are written to in the upper.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum XattrNamespace {
+    /// `trusted.overlay.*`: the kernel's default; needs CAP_SYS_ADMIN.
+    Trusted,
+    /// `user.overlay.*`: the kernel's `userxattr` mode, for unprivileged mounts.
+    User,
+}
+
+impl XattrNamespace {
+    /// The prefix of the overlay's private xattrs in this namespace, e.g. `trusted.overlay.`.
+    pub fn overlay_prefix(self) -> &'static str {
+        match self {
+            XattrNamespace::Trusted => "trusted.overlay.",
+            XattrNamespace::User => "user.overlay.",
+        }
+    }
+}
+
+/// Everything the engine needs to serve one union.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Lower layers, top first: `lowers[0]` hides `lowers[1]`.
+    pub lowers: Vec<PathBuf>,
+    /// The read-write layer; `None` makes a read-only union.
+    pub upper: Option<PathBuf>,
+    /// The workdir on the upper's filesystem (present exactly when `upper` is).
+    pub workdir: Option<PathBuf>,
+    /// Namespace for markers written to the upper.
+    pub xattr_ns: XattrNamespace,
+    /// How long the kernel may cache entries and attributes.
+    pub timeout: Duration,
+}
+
+impl Config {
+    /// A config with defaults for everything but the layers.
+    pub fn new(lowers: Vec<PathBuf>, upper: Option<PathBuf>, workdir: Option<PathBuf>) -> Config {
+        Config {
+            lowers,
+            upper,
+            workdir,
+            xattr_ns: XattrNamespace::Trusted,
+            timeout: Duration::from_secs(1),
+        }
+    }
+}
+
+/// How the union is presented through FUSE: the mount's own options, as opposed to what the
+/// union contains. Defaults depend on privilege and are filled in by `cli`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MountOptions {
+    /// Let users other than the mounter in (`allow_other`); unprivileged mounts need
+    /// `user_allow_other` in /etc/fuse.conf.
+    pub allow_other: bool,
+    /// Let the kernel check permissions from the mode bits (`default_permissions`), as kernel
+    /// overlayfs does; the engine then never checks access itself.
+    pub default_permissions: bool,
+    /// Honour set-user-id and set-group-id bits (root only).
+    pub suid: bool,
+    /// Honour device special files (root only).
+    pub dev: bool,
+    /// Mount read-only (`ro`); always set for a union without an upper.
+    pub read_only: bool,
+    /// The source shown in /proc/mounts.
+    pub fsname: String,
+}

@@ -1,0 +1,3 @@
+//! The only module that imports fuser: the request adapter and the mount session.
+
+pub mod adapter;

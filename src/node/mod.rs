@@ -1,0 +1,142 @@
+//! The node table: every inode the kernel holds a reference to, keyed by its node id (which is
+//! also its st_ino, see `union::inode`).
+//!
+//! A node records where its object lives in the layer stack (upper, lower copies) and the union
+//! paths it is known by, so the engine can act on it without a lookup. Invariants:
+//! - `lookups` counts the entries replied to the kernel minus its forgets; a node at zero is
+//!   dropped (the root is never dropped);
+//! - a directory has exactly one path; a non-directory has one per known hard link, and none
+//!   once it was unlinked (it then lives on only through open handles);
+//! - `upper` is true once the object exists in the upper at `paths[0]` (copy-up flips it).
+
+pub mod handle;
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+
+use parking_lot::RwLock;
+use rustix::fs::FileType;
+
+/// Where one object of the union lives.
+#[derive(Clone, Debug)]
+pub struct Node {
+    pub ino: u64,
+    pub kind: FileType,
+    /// Union paths (relative, "" for the root) this object is reachable by.
+    pub paths: Vec<PathBuf>,
+    /// Present in the upper layer.
+    pub upper: bool,
+    /// Layer indices of the lower copies that matter: for a non-directory the one it is read
+    /// from (empty once copied up); for a directory every lower directory merged into it.
+    pub lowers: Vec<usize>,
+    /// Layer indices (of `lowers`) whose copy of this directory may hold xattr whiteouts.
+    pub xwhiteouts: Vec<usize>,
+    pub lookups: u64,
+}
+
+impl Node {
+    /// The path the engine uses to act on the object; `None` once it was unlinked.
+    pub fn path(&self) -> Option<&Path> {
+        self.paths.first().map(|p| p.as_path())
+    }
+
+    pub fn is_dir(&self) -> bool {
+        self.kind == FileType::Directory
+    }
+
+    /// Exists in more than one layer (a directory whose listing merges several layers).
+    pub fn is_merged(&self) -> bool {
+        self.lowers.len() + usize::from(self.upper) > 1
+    }
+
+    /// The layer holding the topmost copy.
+    pub fn top_layer(&self) -> Option<usize> {
+        if self.upper { Some(0) } else { self.lowers.first().copied() }
+    }
+}
+
+/// Joins a union directory path and a name.
+pub fn child_path(dir: &Path, name: &OsStr) -> PathBuf {
+    if dir.as_os_str().is_empty() { PathBuf::from(name) } else { dir.join(name) }
+}
+
+#[derive(Default)]
+pub struct NodeTable {
+    map: RwLock<HashMap<u64, Node>>,
+}
+
+impl NodeTable {
+    pub fn get(&self, ino: u64) -> Option<Node> {
+        self.map.read().get(&ino).cloned()
+    }
+
+    /// Inserts or refreshes the node for `fresh` (same ino) and counts one kernel reference
+    /// when `count` is set. An existing node keeps its lookup count and gains `fresh`'s path.
+    pub fn upsert(&self, fresh: Node, count: bool) -> Node {
+        let mut map = self.map.write();
+        let n = map.entry(fresh.ino).or_insert_with(|| Node { lookups: 0, ..fresh.clone() });
+        let path = fresh.paths[0].clone();
+        n.kind = fresh.kind;
+        n.upper = fresh.upper;
+        n.lowers = fresh.lowers;
+        n.xwhiteouts = fresh.xwhiteouts;
+        if n.kind == FileType::Directory {
+            n.paths = vec![path];
+        } else if let Some(i) = n.paths.iter().position(|p| *p == path) {
+            // Make the path just looked up the one acted on.
+            n.paths.swap(0, i);
+        } else {
+            n.paths.insert(0, path);
+        }
+        if count {
+            n.lookups += 1;
+        }
+        n.clone()
+    }
+
+    /// Applies `f` to the node, if present.
+    pub fn update(&self, ino: u64, f: impl FnOnce(&mut Node)) {
+        if let Some(n) = self.map.write().get_mut(&ino) {
+            f(n);
+        }
+    }
+
+    /// Drops `n` kernel references; removes the node at zero. The root is kept.
+    pub fn forget(&self, ino: u64, n: u64) {
+        let mut map = self.map.write();
+        if let Some(node) = map.get_mut(&ino) {
+            node.lookups = node.lookups.saturating_sub(n);
+            if node.lookups == 0 && ino != crate::union::inode::ROOT {
+                map.remove(&ino);
+            }
+        }
+    }
+
+    /// Forgets the path `path` of whichever node has it (the name was unlinked or replaced).
+    pub fn unlink_path(&self, path: &Path) {
+        for n in self.map.write().values_mut() {
+            n.paths.retain(|p| p != path);
+        }
+    }
+
+    /// Rewrites every path at or below `from` to live below `to` instead (a rename).
+    pub fn move_paths(&self, from: &Path, to: &Path) {
+        for n in self.map.write().values_mut() {
+            for p in n.paths.iter_mut() {
+                if let Ok(rest) = p.strip_prefix(from) {
+                    *p = if rest.as_os_str().is_empty() { to.to_path_buf() } else { to.join(rest) };
+                }
+            }
+        }
+    }
+
+    /// Number of nodes held (for memory checks).
+    pub fn len(&self) -> usize {
+        self.map.read().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}

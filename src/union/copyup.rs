@@ -1,0 +1,174 @@
+//! Copy-up: making a lower object exist in the upper before it is changed.
+//!
+//! Parents first (the topmost missing ancestor first), each object built completely in the
+//! workdir under a temporary name (data with holes kept, xattrs minus private ones, owner,
+//! mode, times) and renamed into place with RENAME_NOREPLACE: a crash at any point leaves either
+//! the lower version or the complete copy visible, and a leftover temporary only in the
+//! workdir, which the next mount clears. Regular files are fsync'ed before the rename, as the
+//! kernel does, so a power loss cannot make an empty copy visible.
+
+use std::ffi::OsStr;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::Path;
+
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags, Stat, Timestamps, XattrFlags};
+
+use super::Union;
+use crate::layer::upper::remove_tree;
+use crate::node::Node;
+use crate::sys::{self, Errno};
+
+/// xattr prefixes never copied up: the overlay's private ones, and fuse-overlayfs's opaque
+/// marker (copied, it would make a merged directory opaque).
+fn is_copied_xattr(key: &str) -> bool {
+    !crate::format::is_private_xattr(key) && !key.starts_with("user.fuseoverlayfs.")
+}
+
+impl Union {
+    /// Copies `node` up (with its data when `data` is set; open with O_TRUNC and truncate to
+    /// zero need none) and returns its refreshed node. A node already in the upper is returned
+    /// as it is.
+    ///
+    /// Errors: EROFS (no upper), ENOENT (it vanished), ENOSPC/EDQUOT/EIO from the upper.
+    pub(crate) fn copy_up(&self, node: &Node, data: bool) -> Result<Node, Errno> {
+        if node.upper {
+            return Ok(node.clone());
+        }
+        let _ns = self.ns.write();
+        self.copy_up_locked(node.ino, data)
+    }
+
+    /// `copy_up` for callers already holding `ns` for writing.
+    pub(crate) fn copy_up_locked(&self, ino: u64, data: bool) -> Result<Node, Errno> {
+        let node = self.node(ino)?;
+        if node.upper {
+            return Ok(node);
+        }
+        self.upper()?;
+        let path = node.path().ok_or(Errno::NOENT)?.to_path_buf();
+        let parent = path.parent().ok_or(Errno::INVAL)?;
+        self.ensure_upper_dir(parent)?;
+        self.copy_one(&node, &path, data)?;
+        Ok(self.node(ino)?)
+    }
+
+    /// Makes every directory of union path `dir` exist in the upper, topmost first.
+    pub(crate) fn ensure_upper_dir(&self, dir: &Path) -> Result<(), Errno> {
+        let mut cur = self.node(super::inode::ROOT)?;
+        for comp in dir.components() {
+            let name = comp.as_os_str();
+            let child = self.resolve_child(&cur, name)?.ok_or(Errno::NOENT)?.node;
+            if !child.is_dir() {
+                return Err(Errno::NOTDIR);
+            }
+            let child_path = child.paths[0].clone();
+            cur = if child.upper {
+                child
+            } else {
+                self.copy_one(&child, &child_path, true)?;
+                Node { upper: true, ..child }
+            };
+        }
+        Ok(())
+    }
+
+    /// Copies the single object `node` at `path` (whose parent is already in the upper).
+    fn copy_one(&self, node: &Node, path: &Path, data: bool) -> Result<(), Errno> {
+        let up = self.upper()?;
+        let layer = *node.lowers.first().ok_or(Errno::NOENT)?;
+        let (src_dir, name) = self.open_parent(layer, path)?;
+        let src = sys::path::stat_at(src_dir.as_fd(), name)?;
+        let (dst_dir, _) = self.open_parent(0, path)?;
+        let tmp = up.tmp_name();
+        let staged = self.stage_copy(src_dir.as_fd(), name, &src, &tmp, data);
+        let placed = staged.and_then(|()| rustix::fs::renameat_with(&up.work, &tmp, &dst_dir, name, RenameFlags::NOREPLACE));
+        if let Err(e) = placed {
+            let _ = remove_tree(up.work.as_fd(), &tmp);
+            return Err(e);
+        }
+        let now = sys::path::stat_at(dst_dir.as_fd(), name)?;
+        self.inos.set_alias((now.st_dev, now.st_ino), node.ino);
+        let is_dir = node.is_dir();
+        if !is_dir && src.st_nlink > 1 {
+            self.inos.break_lower_link((src.st_dev, src.st_ino));
+        }
+        let path = path.to_path_buf();
+        self.nodes.update(node.ino, |n| {
+            n.upper = true;
+            if !is_dir {
+                // Other hard links of the lower file are different files from now on.
+                n.lowers.clear();
+                n.paths = vec![path];
+            }
+        });
+        Ok(())
+    }
+
+    /// Builds a complete copy of `name` (in `src_dir`, described by `st`) as `tmp` in the
+    /// work directory.
+    fn stage_copy(&self, src_dir: BorrowedFd<'_>, name: &OsStr, st: &Stat, tmp: &OsStr, data: bool) -> Result<(), Errno> {
+        let work = self.upper()?.work.as_fd();
+        let kind = FileType::from_raw_mode(st.st_mode);
+        let mode = Mode::from_raw_mode(st.st_mode & 0o7777);
+        let file: Option<OwnedFd> = match kind {
+            FileType::RegularFile => {
+                let dst = sys::path::open_at(work, tmp, OFlags::RDWR | OFlags::CREATE | OFlags::EXCL, 0o600)?;
+                if data && st.st_size > 0 {
+                    let src = sys::path::open_noatime(src_dir, name, OFlags::RDONLY)?;
+                    sys::copy::copy_data(src.as_fd(), dst.as_fd(), st.st_size as u64)?;
+                }
+                Some(dst)
+            }
+            FileType::Directory => {
+                rustix::fs::mkdirat(work, tmp, Mode::from_raw_mode(0o700))?;
+                None
+            }
+            FileType::Symlink => {
+                let target = rustix::fs::readlinkat(src_dir, name, Vec::new())?;
+                rustix::fs::symlinkat(target.as_c_str(), work, tmp)?;
+                None
+            }
+            other => {
+                rustix::fs::mknodat(work, tmp, other, Mode::from_raw_mode(0o600), st.st_rdev)?;
+                None
+            }
+        };
+        copy_xattrs(src_dir, name, work, tmp)?;
+        let uid = rustix::fs::Uid::from_raw(st.st_uid);
+        let gid = rustix::fs::Gid::from_raw(st.st_gid);
+        // chown before chmod: chown clears setuid/setgid, which must survive as the lower had them.
+        rustix::fs::chownat(work, tmp, Some(uid), Some(gid), AtFlags::SYMLINK_NOFOLLOW)?;
+        if kind != FileType::Symlink {
+            rustix::fs::chmodat(work, tmp, mode, AtFlags::empty())?;
+        }
+        let times = Timestamps {
+            last_access: rustix::fs::Timespec { tv_sec: st.st_atime, tv_nsec: st.st_atime_nsec as _ },
+            last_modification: rustix::fs::Timespec { tv_sec: st.st_mtime, tv_nsec: st.st_mtime_nsec as _ },
+        };
+        rustix::fs::utimensat(work, tmp, &times, AtFlags::SYMLINK_NOFOLLOW)?;
+        if let Some(f) = file {
+            if data && st.st_size > 0 {
+                rustix::fs::fsync(&f)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Copies the xattrs of `name` in `src_dir` to `tmp` in `dst_dir`, leaving out private ones.
+/// A namespace the upper refuses (e.g. `user.*` on a symlink) is skipped, as the kernel does
+/// for xattrs it cannot copy.
+fn copy_xattrs(src_dir: BorrowedFd<'_>, name: &OsStr, dst_dir: BorrowedFd<'_>, tmp: &OsStr) -> Result<(), Errno> {
+    for key in sys::xattr::list(src_dir, Some(name))? {
+        if !is_copied_xattr(&key) {
+            continue;
+        }
+        let Some(value) = sys::xattr::get_opt(src_dir, Some(name), &key)? else { continue };
+        match sys::xattr::set(dst_dir, Some(tmp), &key, &value, XattrFlags::empty()) {
+            Ok(()) => {}
+            Err(e) if sys::is_unsupported(e) => log::debug!("copy-up: xattr {key} not copied: {e}"),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,166 @@
+//! Creating objects: mknod, mkdir, symlink, create (open with O_CREAT) and link.
+//!
+//! A new object is always made in the upper, in the caller's name (owner from the request,
+//! group from a setgid parent, mode minus umask). Over a whiteout it is built in the workdir
+//! and swapped in by one rename; a directory made there is marked opaque first, so a deleted
+//! directory's old contents can never show through again (`rm -rf d && mkdir d`).
+
+use std::ffi::OsStr;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+use rustix::fs::{AtFlags, FileType, Gid, Mode, OFlags, RenameFlags, Uid};
+
+use super::{Attr, Ctx, Union};
+use crate::format;
+use crate::layer::upper::remove_tree;
+use crate::sys::{self, Errno};
+
+/// What to create.
+pub enum NewObject<'a> {
+    Dir,
+    File(OFlags),
+    Symlink(&'a OsStr),
+    /// FIFO, socket, character or block device with its device number.
+    Special(FileType, u64),
+    /// A hard link to the upper object `name` in directory `dir`.
+    Link(BorrowedFd<'a>, &'a OsStr),
+}
+
+impl Union {
+    /// mknod(2): a FIFO, socket, device node (or empty regular file) `name` in `parent`.
+    ///
+    /// Errors: EEXIST, EROFS, ENOENT/ENOTDIR (parent), EPERM (devices without privilege),
+    /// EINVAL (a name that is not one component, or a `.wh.*` marker name).
+    pub fn mknod(&self, ctx: &Ctx, parent: u64, name: &OsStr, mode: u32, rdev: u64) -> Result<Attr, Errno> {
+        let kind = FileType::from_raw_mode(mode);
+        let spec = match kind {
+            FileType::RegularFile => NewObject::File(OFlags::WRONLY),
+            FileType::Fifo | FileType::Socket | FileType::CharacterDevice | FileType::BlockDevice => NewObject::Special(kind, rdev),
+            _ => return Err(Errno::INVAL),
+        };
+        Ok(self.create_object(ctx, parent, name, mode, spec)?.0)
+    }
+
+    /// mkdir(2). Errors as `mknod`.
+    pub fn mkdir(&self, ctx: &Ctx, parent: u64, name: &OsStr, mode: u32) -> Result<Attr, Errno> {
+        Ok(self.create_object(ctx, parent, name, mode | 0o040000, NewObject::Dir)?.0)
+    }
+
+    /// symlink(2): `name` in `parent` pointing at `target`. Errors as `mknod`.
+    pub fn symlink(&self, ctx: &Ctx, parent: u64, name: &OsStr, target: &OsStr) -> Result<Attr, Errno> {
+        Ok(self.create_object(ctx, parent, name, 0o120777, NewObject::Symlink(target))?.0)
+    }
+
+    /// open(2) with O_CREAT|O_EXCL semantics: creates `name` and opens it with `flags`.
+    /// Errors as `mknod`.
+    pub fn create(&self, ctx: &Ctx, parent: u64, name: &OsStr, mode: u32, flags: OFlags) -> Result<(Attr, u64), Errno> {
+        let (attr, fd) = self.create_object(ctx, parent, name, mode | 0o100000, NewObject::File(flags))?;
+        let fd = fd.ok_or(Errno::IO)?;
+        Ok((attr, self.new_file_handle(attr.ino, fd, flags, true)))
+    }
+
+    /// link(2): a new name `newname` in `newparent` for `ino`, copying it up first.
+    ///
+    /// Errors: EPERM (directories), EEXIST, EROFS, ENOENT.
+    pub fn link(&self, ino: u64, newparent: u64, newname: &OsStr) -> Result<Attr, Errno> {
+        let node = self.node(ino)?;
+        if node.is_dir() {
+            return Err(Errno::PERM);
+        }
+        let _ns = self.ns.write();
+        let node = self.copy_up_locked(ino, true)?;
+        let path = node.path().ok_or(Errno::NOENT)?.to_path_buf();
+        let (src_dir, src_name) = self.open_parent(0, &path)?;
+        let ctx = Ctx { uid: 0, gid: 0, umask: 0 };
+        let r = self.create_locked(&ctx, newparent, newname, 0, NewObject::Link(src_dir.as_fd(), src_name));
+        Ok(r?.0)
+    }
+
+    fn create_object(&self, ctx: &Ctx, parent: u64, name: &OsStr, mode: u32, spec: NewObject<'_>) -> Result<(Attr, Option<OwnedFd>), Errno> {
+        let _ns = self.ns.write();
+        self.create_locked(ctx, parent, name, mode, spec)
+    }
+
+    /// Creates `name` in `parent` (caller holds `ns` for writing) and counts one reference.
+    fn create_locked(&self, ctx: &Ctx, parent: u64, name: &OsStr, mode: u32, spec: NewObject<'_>) -> Result<(Attr, Option<OwnedFd>), Errno> {
+        sys::path::check_name(name)?;
+        if format::is_marker_name(name) {
+            // A `.wh.*` name in the upper would be read as a marker by us and by other tools.
+            return Err(Errno::INVAL);
+        }
+        let up = self.upper()?;
+        let pnode = self.node(parent)?;
+        if !pnode.is_dir() {
+            return Err(Errno::NOTDIR);
+        }
+        if self.resolve_child(&pnode, name)?.is_some() {
+            return Err(Errno::EXIST);
+        }
+        let pnode = self.copy_up_locked(parent, true)?;
+        let ppath = pnode.path().ok_or(Errno::NOENT)?.to_path_buf();
+        let dir = self.layers[0].open_dir(&ppath)?;
+        let pst = sys::path::fstat(&dir)?;
+        // A setgid directory gives its group to new objects (and setgid to new directories).
+        let setgid = pst.st_mode & 0o2000 != 0;
+        let gid = if setgid { pst.st_gid } else { ctx.gid };
+        let mut perm = mode & 0o7777 & !(ctx.umask & 0o777);
+        if setgid && matches!(spec, NewObject::Dir) {
+            perm |= 0o2000;
+        }
+        let over_whiteout = match sys::not_found_as_none(sys::path::stat_at(dir.as_fd(), name))? {
+            None => false,
+            Some(st) if format::is_whiteout_dev(&st) => true,
+            // Something hidden in the upper under a visible-nothing name (e.g. an xattr
+            // whiteout): replace it like a whiteout.
+            Some(_) => true,
+        };
+        let is_link = matches!(spec, NewObject::Link(..));
+        let is_dir = matches!(spec, NewObject::Dir);
+        let (target_dir, target_name) = if over_whiteout { (up.work.as_fd(), up.tmp_name()) } else { (dir.as_fd(), name.to_os_string()) };
+        // Nothing exists under `target_name` if `make` fails, so only a made object is removed.
+        let fd = make(target_dir, &target_name, &spec)?;
+        if !is_link {
+            if let Err(e) = own(target_dir, &target_name, ctx.uid, gid, perm, &spec) {
+                let _ = remove_tree(target_dir, &target_name);
+                return Err(e);
+            }
+        }
+        if over_whiteout {
+            let swapped = if is_dir {
+                up.set_opaque(up.work.as_fd(), Some(&target_name))
+                    .and_then(|()| rustix::fs::renameat_with(&up.work, &target_name, &dir, name, RenameFlags::EXCHANGE))
+            } else {
+                rustix::fs::renameat_with(&up.work, &target_name, &dir, name, RenameFlags::empty())
+            };
+            // After the exchange the temporary name holds the old whiteout.
+            let _ = remove_tree(up.work.as_fd(), &target_name);
+            swapped?;
+        }
+        let resolved = self.resolve_child(&pnode, name)?.ok_or(Errno::IO)?;
+        let node = self.nodes.upsert(resolved.node, true);
+        Ok((self.attr_from(&node, resolved.top), fd))
+    }
+}
+
+/// Makes the object itself (owned by us for now); a file comes back open.
+fn make(dir: BorrowedFd<'_>, name: &OsStr, spec: &NewObject<'_>) -> Result<Option<OwnedFd>, Errno> {
+    match *spec {
+        NewObject::Dir => rustix::fs::mkdirat(dir, name, Mode::from_raw_mode(0o700)).map(|()| None),
+        NewObject::File(flags) => {
+            let flags = (flags & !(OFlags::TRUNC | OFlags::CREATE | OFlags::EXCL)) | OFlags::CREATE | OFlags::EXCL;
+            sys::path::open_at(dir, name, flags, 0o600).map(Some)
+        }
+        NewObject::Symlink(target) => rustix::fs::symlinkat(target, dir, name).map(|()| None),
+        NewObject::Special(kind, rdev) => rustix::fs::mknodat(dir, name, kind, Mode::from_raw_mode(0o600), rdev).map(|()| None),
+        NewObject::Link(src_dir, src_name) => rustix::fs::linkat(src_dir, src_name, dir, name, AtFlags::empty()).map(|()| None),
+    }
+}
+
+/// Gives the new object its owner and mode (chown first: it would clear setgid).
+fn own(dir: BorrowedFd<'_>, name: &OsStr, uid: u32, gid: u32, perm: u32, spec: &NewObject<'_>) -> Result<(), Errno> {
+    rustix::fs::chownat(dir, name, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)), AtFlags::SYMLINK_NOFOLLOW)?;
+    if !matches!(spec, NewObject::Symlink(_)) {
+        rustix::fs::chmodat(dir, name, Mode::from_raw_mode(perm), AtFlags::empty())?;
+    }
+    Ok(())
+}

@@ -1,0 +1,159 @@
+//! Open files: open, read, write, flush, fsync, fallocate, lseek, release.
+//!
+//! Opening for write (or with O_TRUNC) copies the file up first; opening for read serves the
+//! topmost copy. A read-only handle on a lower copy follows a later copy-up (see
+//! `node::handle`). Reads and writes take no engine lock.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::Ordering;
+
+use rustix::fs::{FallocateFlags, FileType, OFlags, SeekFrom};
+
+use super::{Ctx, Union};
+use crate::node::handle::FileHandle;
+use crate::sys::{self, Errno};
+
+/// Flags that only make sense when creating, or that we set ourselves.
+fn open_flags(flags: OFlags) -> OFlags {
+    flags & !(OFlags::CREATE | OFlags::EXCL | OFlags::NOCTTY)
+}
+
+fn wants_write(flags: OFlags) -> bool {
+    flags.intersects(OFlags::WRONLY | OFlags::RDWR) || flags.contains(OFlags::TRUNC)
+}
+
+impl Union {
+    /// Opens `ino` with `flags`.
+    ///
+    /// Errors: EROFS (write access to a read-only union), EISDIR, ENOENT, and what the layer
+    /// gives (EACCES, ETXTBSY).
+    pub fn open(&self, _ctx: &Ctx, ino: u64, flags: OFlags) -> Result<u64, Errno> {
+        let node = self.node(ino)?;
+        if node.is_dir() && wants_write(flags) {
+            return Err(Errno::ISDIR);
+        }
+        let flags = open_flags(flags);
+        let node = if wants_write(flags) { self.copy_up(&node, !flags.contains(OFlags::TRUNC))? } else { node };
+        let layer = node.top_layer().ok_or(Errno::NOENT)?;
+        let path = node.path().ok_or(Errno::NOENT)?;
+        let (dir, name) = self.open_parent(layer, path)?;
+        let fd = if layer == 0 && self.upper.is_some() {
+            sys::path::open_at(dir.as_fd(), name, flags, 0)?
+        } else {
+            sys::path::open_noatime(dir.as_fd(), name, flags)?
+        };
+        Ok(self.new_file_handle(ino, fd, flags, layer == 0 && self.upper.is_some()))
+    }
+
+    pub(crate) fn new_file_handle(&self, ino: u64, fd: OwnedFd, flags: OFlags, on_upper: bool) -> u64 {
+        self.files.insert(FileHandle { ino, fd: parking_lot::RwLock::new(fd), on_upper: on_upper.into(), flags })
+    }
+
+    fn handle(&self, fh: u64) -> Result<std::sync::Arc<FileHandle>, Errno> {
+        let h = self.files.get(fh).ok_or(Errno::BADF)?;
+        if !h.on_upper.load(Ordering::Acquire) {
+            self.follow_copy_up(&h)?;
+        }
+        Ok(h)
+    }
+
+    /// Reopens a lower handle on the upper copy once its node was copied up.
+    fn follow_copy_up(&self, h: &FileHandle) -> Result<(), Errno> {
+        let Some(node) = self.nodes.get(h.ino) else { return Ok(()) };
+        if !node.upper || self.upper.is_none() {
+            return Ok(());
+        }
+        let Some(path) = node.path() else { return Ok(()) };
+        let (dir, name) = self.open_parent(0, path)?;
+        let fd = sys::path::open_at(dir.as_fd(), name, h.flags & !OFlags::TRUNC, 0)?;
+        *h.fd.write() = fd;
+        h.on_upper.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Reads up to `size` bytes at `offset`.
+    pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, Errno> {
+        let h = self.handle(fh)?;
+        let mut buf = vec![0u8; size as usize];
+        let fd = h.fd.read();
+        let mut done = 0;
+        while done < buf.len() {
+            let n = rustix::io::pread(&*fd, &mut buf[done..], offset + done as u64)?;
+            if n == 0 {
+                break;
+            }
+            done += n;
+        }
+        buf.truncate(done);
+        Ok(buf)
+    }
+
+    /// Writes `data` at `offset` (or at the end for O_APPEND handles).
+    ///
+    /// Errors: EBADF (handle not open for writing), ENOSPC, EFBIG, EIO.
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<usize, Errno> {
+        let h = self.handle(fh)?;
+        let fd = h.fd.read();
+        if h.flags.contains(OFlags::APPEND) {
+            let mut done = 0;
+            while done < data.len() {
+                done += rustix::io::write(&*fd, &data[done..])?;
+            }
+            return Ok(done);
+        }
+        sys::copy::write_all_at(fd.as_fd(), data, offset)?;
+        Ok(data.len())
+    }
+
+    /// Flush on close(2): nothing is buffered here; report errors of the backing file.
+    pub fn flush(&self, fh: u64) -> Result<(), Errno> {
+        self.files.get(fh).map(|_| ()).ok_or(Errno::BADF)
+    }
+
+    /// fsync(2) / fdatasync(2).
+    pub fn fsync(&self, fh: u64, datasync: bool) -> Result<(), Errno> {
+        let h = self.handle(fh)?;
+        let fd = h.fd.read();
+        if datasync { rustix::fs::fdatasync(&*fd) } else { rustix::fs::fsync(&*fd) }
+    }
+
+    /// fsync of a directory: syncs its upper copy, if any.
+    pub fn fsyncdir(&self, ino: u64) -> Result<(), Errno> {
+        let node = self.node(ino)?;
+        if node.upper {
+            let fd = self.layers[0].open_dir(node.path().ok_or(Errno::NOENT)?)?;
+            rustix::fs::fsync(&fd)?;
+        }
+        Ok(())
+    }
+
+    /// fallocate(2).
+    pub fn fallocate(&self, fh: u64, mode: u32, offset: u64, len: u64) -> Result<(), Errno> {
+        let h = self.handle(fh)?;
+        let flags = FallocateFlags::from_bits(mode).ok_or(Errno::OPNOTSUPP)?;
+        rustix::fs::fallocate(&*h.fd.read(), flags, offset, len)
+    }
+
+    /// lseek(2) for SEEK_DATA / SEEK_HOLE (the kernel handles the others itself).
+    pub fn lseek(&self, fh: u64, offset: i64, whence: u32) -> Result<u64, Errno> {
+        let h = self.handle(fh)?;
+        let off = u64::try_from(offset).map_err(|_| Errno::INVAL)?;
+        let pos = match whence {
+            0 => SeekFrom::Start(off),
+            3 => SeekFrom::Data(off),
+            4 => SeekFrom::Hole(off),
+            _ => return Err(Errno::INVAL),
+        };
+        rustix::fs::seek(&*h.fd.read(), pos)
+    }
+
+    /// Closes handle `fh`.
+    pub fn release(&self, fh: u64) {
+        self.files.remove(fh);
+    }
+
+    /// The kind of `ino` (for adapters that need it without a stat).
+    pub fn kind(&self, ino: u64) -> Result<FileType, Errno> {
+        Ok(self.node(ino)?.kind)
+    }
+}
