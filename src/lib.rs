@@ -27,3 +27,5 @@ pub mod node;
 pub mod sys;
 pub mod union;
 pub mod fuse;
+pub mod cli;
+pub mod setup;

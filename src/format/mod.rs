@@ -7,6 +7,7 @@
 //!   file with xattr `overlay.whiteout` in a directory whose `overlay.opaque` is `x`.
 //! - opaque directory: xattr `overlay.opaque` = `y` (trusted or user namespace), xattr
 //!   `user.fuseoverlayfs.opaque` = `y`, or a file `.wh..wh..opq` inside.
+//!
 //! Written to the upper: only the kernel's format (char 0/0, `<ns>.overlay.opaque` = `y`).
 
 use std::ffi::OsStr;

@@ -1,3 +1,4 @@
 //! The only module that imports fuser: the request adapter and the mount session.
 
 pub mod adapter;
+pub mod session;

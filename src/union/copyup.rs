@@ -49,7 +49,7 @@ impl Union {
         let parent = path.parent().ok_or(Errno::INVAL)?;
         self.ensure_upper_dir(parent)?;
         self.copy_one(&node, &path, data)?;
-        Ok(self.node(ino)?)
+        self.node(ino)
     }
 
     /// Makes every directory of union path `dir` exist in the upper, topmost first.
@@ -146,10 +146,8 @@ impl Union {
             last_modification: rustix::fs::Timespec { tv_sec: st.st_mtime, tv_nsec: st.st_mtime_nsec as _ },
         };
         rustix::fs::utimensat(work, tmp, &times, AtFlags::SYMLINK_NOFOLLOW)?;
-        if let Some(f) = file {
-            if data && st.st_size > 0 {
-                rustix::fs::fsync(&f)?;
-            }
+        if let Some(f) = file.filter(|_| data && st.st_size > 0) {
+            rustix::fs::fsync(&f)?;
         }
         Ok(())
     }

@@ -119,11 +119,9 @@ impl Union {
         let (target_dir, target_name) = if over_whiteout { (up.work.as_fd(), up.tmp_name()) } else { (dir.as_fd(), name.to_os_string()) };
         // Nothing exists under `target_name` if `make` fails, so only a made object is removed.
         let fd = make(target_dir, &target_name, &spec)?;
-        if !is_link {
-            if let Err(e) = own(target_dir, &target_name, ctx.uid, gid, perm, &spec) {
-                let _ = remove_tree(target_dir, &target_name);
-                return Err(e);
-            }
+        if !is_link && let Err(e) = own(target_dir, &target_name, ctx.uid, gid, perm, &spec) {
+            let _ = remove_tree(target_dir, &target_name);
+            return Err(e);
         }
         if over_whiteout {
             let swapped = if is_dir {

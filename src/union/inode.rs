@@ -8,6 +8,7 @@
 //!   is stable across copy-up (and every hard link to the copied-up file shows it too);
 //! - the same table re-numbers the remaining lower aliases of a hard-linked lower file once one
 //!   alias was copied up (the copy is a different file from then on; see `break_lower_link`).
+//!
 //! Invariant: `ROOT` (1) is the root directory's number and no other object gets it.
 
 use std::collections::HashMap;

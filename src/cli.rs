@@ -1,0 +1,402 @@
+//! Command-line parsing: turns `argv` into [`Options`], the plain data that `setup` validates
+//! and the daemon serves.
+//!
+//! Two forms, told apart by the number of positional arguments, like kernel overlayfs's
+//! "with or without upperdir": `LOWERS UPPER MOUNTPOINT` is a read-write union, `LOWERS
+//! MOUNTPOINT` a read-only one. `LOWERS` lists directories top first, separated by `:`, with
+//! kernel overlayfs's escaping (`\:` for a colon inside a path, `\\` for a backslash).
+//! Invariants of the result: `config.lowers` is non-empty; `config.upper.is_none()` exactly when
+//! `mount.read_only`; `config.workdir` is only ever `Some` together with an upper (its default
+//! is filled in later by `setup`, which does the I/O). Nothing here touches the layers; the only
+//! I/O is reading the effective uid and /etc/fuse.conf to choose privilege-dependent defaults.
+
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::error::ErrorKind;
+use clap::{ArgAction, CommandFactory, Parser};
+
+use crate::config::{Config, MountOptions, XattrNamespace};
+
+/// Everything the binary needs, parsed from the command line.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// The union itself (layers, markers' namespace, cache timeout).
+    pub config: Config,
+    /// How it is mounted.
+    pub mount: MountOptions,
+    /// Where it is mounted (not yet canonicalised).
+    pub mountpoint: PathBuf,
+    /// Stay in the foreground instead of returning once mounted (`-f`).
+    pub foreground: bool,
+    /// Trace requests (`-d`): debug-level logging for this crate and fuser.
+    pub debug: bool,
+    /// Hidden: set by the daemonizing parent on the child it re-executes; the child prints
+    /// `ready` on stdout once the mount is live and then detaches from stdio.
+    pub notify_ready: bool,
+}
+
+const USAGE: &str = "unionmount [OPTIONS] LOWER1[:LOWER2...] UPPER MOUNTPOINT\n       \
+                     unionmount [OPTIONS] LOWER1[:LOWER2...] MOUNTPOINT";
+
+const AFTER_HELP: &str = "\
+Mount options (-o, comma-separated, repeatable; the last of two opposites wins):
+  userxattr              keep overlay markers in user.overlay.* instead of trusted.overlay.*
+                         (always on when not run as root: trusted.* needs CAP_SYS_ADMIN)
+  timeout=SECONDS        how long the kernel caches entries and attributes (default 1, 0 = off)
+  noallow_other          only the mounting user may access the mount
+  nodefault_permissions  do not let the kernel check permissions from the mode bits
+  nosuid, nodev          ignore set-user-id bits / device files (default when not root)
+  ro                     mount read-only; an UPPER then becomes the topmost lower layer
+  fsname=NAME            the source shown in /proc/mounts (default: unionmount)
+  allow_other, default_permissions, suid, dev, rw
+                         the opposites, to undo an earlier option
+
+Examples:
+  # Read-write union: changes go to ./upper, ./base stays untouched
+  unionmount base upper merged
+
+  # Two lowers (top first) with an explicit workdir on the upper's filesystem
+  unionmount --workdir /var/tmp/work app:runtime /var/tmp/upper /mnt/union
+
+  # Read-only union of three directories, shorter cache, in the foreground with tracing
+  unionmount -f -d -o timeout=0.1 a:b:c /mnt/view
+
+  # A lower whose name contains a colon
+  unionmount 'dir\\:with\\:colons:base' upper merged
+
+  # Unmount
+  fusermount3 -u merged        (or, as root: umount merged)
+
+Without --workdir, the workdir is a hidden sibling of the upper, `.<UPPER name>.unionmount-work`,
+so the upper stays clean and can later be mounted by kernel overlayfs.";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "unionmount",
+    version,
+    about = "Mount a union of directories (kernel overlayfs semantics) through FUSE",
+    override_usage = USAGE,
+    after_help = AFTER_HELP
+)]
+struct Args {
+    /// Lower directories, top first, separated by ':' ('\:' is a colon inside a path)
+    #[arg(value_name = "LOWERS")]
+    lowers: OsString,
+    /// The upper directory (read-write union) or the mountpoint (read-only union)
+    #[arg(value_name = "UPPER|MOUNTPOINT")]
+    second: PathBuf,
+    /// The mountpoint of a read-write union
+    #[arg(value_name = "MOUNTPOINT")]
+    third: Option<PathBuf>,
+    /// Work directory on the upper's filesystem [default: <parent of UPPER>/.<UPPER name>.unionmount-work]
+    #[arg(long, value_name = "DIR")]
+    workdir: Option<PathBuf>,
+    /// Stay in the foreground (do not daemonize once mounted)
+    #[arg(short, long)]
+    foreground: bool,
+    /// Trace requests: debug-level logging (RUST_LOG can refine it)
+    #[arg(short, long)]
+    debug: bool,
+    /// Mount options, see below
+    #[arg(short = 'o', value_name = "OPT[,OPT...]", action = ArgAction::Append)]
+    options: Vec<String>,
+    #[arg(long, hide = true)]
+    notify_ready: bool,
+}
+
+/// The facts about the caller that defaults depend on.
+#[derive(Clone, Copy, Debug)]
+struct Privilege {
+    root: bool,
+    /// /etc/fuse.conf has `user_allow_other`.
+    user_allow_other: bool,
+}
+
+impl Privilege {
+    fn current() -> Privilege {
+        let root = rustix::process::geteuid().is_root();
+        let user_allow_other = !root
+            && std::fs::read_to_string("/etc/fuse.conf").is_ok_and(|s| fuse_conf_allows_other(&s));
+        Privilege { root, user_allow_other }
+    }
+}
+
+/// Parses the process's command line; prints help, version or a usage error and exits as
+/// clap does (0 or 2) when there is nothing to run.
+pub fn parse() -> Options {
+    parse_from(std::env::args_os()).unwrap_or_else(|e| e.exit())
+}
+
+/// Parses `args` (the first item is the program name) with the current user's defaults.
+pub fn parse_from<I, T>(args: I) -> Result<Options, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    build(Args::try_parse_from(args)?, Privilege::current())
+}
+
+fn usage_error(msg: String) -> clap::Error {
+    Args::command().error(ErrorKind::InvalidValue, msg)
+}
+
+fn build(args: Args, privilege: Privilege) -> Result<Options, clap::Error> {
+    let mut lowers = split_lowers(&args.lowers).map_err(usage_error)?;
+    let (mut upper, mountpoint) = match args.third {
+        Some(mnt) => (Some(args.second), mnt),
+        None => (None, args.second),
+    };
+    if upper.is_none() && args.workdir.is_some() {
+        return Err(usage_error(
+            "--workdir needs an UPPER: a union without one is read-only and writes nothing".into(),
+        ));
+    }
+    let o = parse_mount_options(&args.options).map_err(usage_error)?;
+
+    let mut mount = MountOptions {
+        allow_other: o.allow_other.unwrap_or(privilege.root || privilege.user_allow_other),
+        default_permissions: o.default_permissions.unwrap_or(true),
+        suid: o.suid.unwrap_or(privilege.root),
+        dev: o.dev.unwrap_or(privilege.root),
+        read_only: false,
+        fsname: o.fsname.unwrap_or_else(|| "unionmount".into()),
+    };
+    let mut workdir = args.workdir;
+    if o.read_only == Some(true) {
+        // `-o ro` with an upper: the upper's contents (including its whiteouts and opaque
+        // markers) must stay visible, so it becomes the topmost lower rather than being
+        // dropped; nothing is written, so the workdir is not needed and is ignored.
+        if let Some(u) = upper.take() {
+            lowers.insert(0, u);
+        }
+        workdir = None;
+    }
+    mount.read_only = upper.is_none();
+
+    // Unprivileged processes cannot write trusted.* xattrs, so an unprivileged mount uses the
+    // kernel's userxattr format whether or not it was asked for.
+    let xattr_ns = if o.userxattr || !privilege.root { XattrNamespace::User } else { XattrNamespace::Trusted };
+    let mut config = Config::new(lowers, upper, workdir);
+    config.xattr_ns = xattr_ns;
+    if let Some(t) = o.timeout {
+        config.timeout = t;
+    }
+    Ok(Options {
+        config,
+        mount,
+        mountpoint,
+        foreground: args.foreground,
+        debug: args.debug,
+        notify_ready: args.notify_ready,
+    })
+}
+
+/// `-o` options as given; `None` means "not mentioned, use the default".
+#[derive(Debug, Default, PartialEq)]
+struct MountOpts {
+    userxattr: bool,
+    timeout: Option<Duration>,
+    allow_other: Option<bool>,
+    default_permissions: Option<bool>,
+    suid: Option<bool>,
+    dev: Option<bool>,
+    read_only: Option<bool>,
+    fsname: Option<String>,
+}
+
+/// Parses every `-o` value. Unknown options are collected and reported together, so one run
+/// tells the user everything that is wrong.
+fn parse_mount_options(values: &[String]) -> Result<MountOpts, String> {
+    let mut o = MountOpts::default();
+    let mut unknown = Vec::new();
+    for opt in values.iter().flat_map(|v| v.split(',')).filter(|s| !s.is_empty()) {
+        let (key, value) = match opt.split_once('=') {
+            Some((k, v)) => (k, Some(v)),
+            None => (opt, None),
+        };
+        match (key, value) {
+            ("userxattr", None) => o.userxattr = true,
+            ("timeout", Some(v)) => o.timeout = Some(parse_timeout(v)?),
+            ("fsname", Some(v)) if !v.is_empty() => o.fsname = Some(v.to_owned()),
+            ("fsname", _) => return Err("-o fsname needs a value, e.g. -o fsname=myunion".into()),
+            ("allow_other", None) => o.allow_other = Some(true),
+            ("noallow_other", None) => o.allow_other = Some(false),
+            ("default_permissions", None) => o.default_permissions = Some(true),
+            ("nodefault_permissions", None) => o.default_permissions = Some(false),
+            ("suid", None) => o.suid = Some(true),
+            ("nosuid", None) => o.suid = Some(false),
+            ("dev", None) => o.dev = Some(true),
+            ("nodev", None) => o.dev = Some(false),
+            ("ro", None) => o.read_only = Some(true),
+            ("rw", None) => o.read_only = Some(false),
+            _ => unknown.push(opt),
+        }
+    }
+    if !unknown.is_empty() {
+        let list: Vec<String> = unknown.iter().map(|u| format!("'{u}'")).collect();
+        return Err(format!(
+            "unknown mount option{} {} (see --help for the supported -o options)",
+            if unknown.len() > 1 { "s" } else { "" },
+            list.join(", ")
+        ));
+    }
+    Ok(o)
+}
+
+fn parse_timeout(v: &str) -> Result<Duration, String> {
+    v.parse::<f64>()
+        .ok()
+        .and_then(|secs| Duration::try_from_secs_f64(secs).ok())
+        .ok_or_else(|| format!("-o timeout={v}: expected a number of seconds >= 0, e.g. timeout=0.5"))
+}
+
+/// True if fuse.conf enables `user_allow_other` (a line of its own; `#` starts a comment).
+fn fuse_conf_allows_other(conf: &str) -> bool {
+    conf.lines().any(|l| l.split('#').next().unwrap_or("").trim() == "user_allow_other")
+}
+
+/// Splits `LOWERS` at unescaped colons. `\:` stands for a colon and `\\` for a backslash
+/// (kernel overlayfs's escapes); any other backslash is kept as it is.
+///
+/// Errors: an empty component (`a::b`, a leading or trailing colon), which would otherwise
+/// silently mean the current directory.
+pub fn split_lowers(s: &OsStr) -> Result<Vec<PathBuf>, String> {
+    let mut out = Vec::new();
+    let mut cur = Vec::new();
+    let mut bytes = s.as_bytes().iter().copied();
+    let mut finish = |cur: &mut Vec<u8>| -> Result<(), String> {
+        if cur.is_empty() {
+            return Err(format!(
+                "empty lower directory in '{}': lowers are separated by single colons",
+                s.to_string_lossy()
+            ));
+        }
+        out.push(PathBuf::from(OsString::from_vec(std::mem::take(cur))));
+        Ok(())
+    };
+    while let Some(b) = bytes.next() {
+        match b {
+            b'\\' => match bytes.next() {
+                Some(c @ (b':' | b'\\')) => cur.push(c),
+                Some(c) => cur.extend([b'\\', c]),
+                None => cur.push(b'\\'),
+            },
+            b':' => finish(&mut cur)?,
+            _ => cur.push(b),
+        }
+    }
+    finish(&mut cur)?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ROOT: Privilege = Privilege { root: true, user_allow_other: false };
+    const USER: Privilege = Privilege { root: false, user_allow_other: false };
+
+    fn parse_as(p: Privilege, args: &[&str]) -> Result<Options, clap::Error> {
+        build(Args::try_parse_from(std::iter::once("unionmount").chain(args.iter().copied()))?, p)
+    }
+
+    fn lowers(s: &str) -> Vec<String> {
+        split_lowers(OsStr::new(s)).unwrap().iter().map(|p| p.to_string_lossy().into_owned()).collect()
+    }
+
+    #[test]
+    fn colon_escapes() {
+        assert_eq!(lowers("a:b:c"), ["a", "b", "c"]);
+        assert_eq!(lowers(r"a\:b:c"), ["a:b", "c"]);
+        assert_eq!(lowers(r"a\\:b"), [r"a\", "b"]);
+        assert_eq!(lowers(r"a\nb"), [r"a\nb"]);
+        assert_eq!(lowers(r"trailing\"), [r"trailing\"]);
+        for bad in ["", ":a", "a:", "a::b"] {
+            assert!(split_lowers(OsStr::new(bad)).is_err(), "{bad:?} should be rejected");
+        }
+    }
+
+    #[test]
+    fn two_forms() {
+        let rw = parse_as(ROOT, &["l1:l2", "up", "mnt"]).unwrap();
+        assert_eq!(rw.config.lowers, [PathBuf::from("l1"), PathBuf::from("l2")]);
+        assert_eq!(rw.config.upper, Some(PathBuf::from("up")));
+        assert_eq!(rw.mountpoint, PathBuf::from("mnt"));
+        assert!(!rw.mount.read_only);
+
+        let ro = parse_as(ROOT, &["l1", "mnt"]).unwrap();
+        assert_eq!(ro.config.upper, None);
+        assert!(ro.mount.read_only);
+        assert!(parse_as(ROOT, &["l1", "mnt", "--workdir", "w"]).is_err());
+        assert!(parse_as(ROOT, &["l1"]).is_err());
+        assert!(parse_as(ROOT, &["a", "b", "c", "d"]).is_err());
+    }
+
+    #[test]
+    fn privilege_defaults() {
+        let r = parse_as(ROOT, &["l", "u", "m"]).unwrap();
+        assert!(r.mount.allow_other && r.mount.default_permissions && r.mount.suid && r.mount.dev);
+        assert_eq!(r.config.xattr_ns, XattrNamespace::Trusted);
+        assert_eq!(r.config.timeout, Duration::from_secs(1));
+        assert_eq!(r.mount.fsname, "unionmount");
+
+        let u = parse_as(USER, &["l", "u", "m"]).unwrap();
+        assert!(!u.mount.allow_other && u.mount.default_permissions && !u.mount.suid && !u.mount.dev);
+        assert_eq!(u.config.xattr_ns, XattrNamespace::User);
+        let u2 = parse_as(Privilege { root: false, user_allow_other: true }, &["l", "u", "m"]).unwrap();
+        assert!(u2.mount.allow_other);
+    }
+
+    #[test]
+    fn mount_options() {
+        let o = parse_as(
+            ROOT,
+            &["-o", "userxattr,timeout=0.25", "-o", "noallow_other,nodefault_permissions,nosuid,nodev,fsname=x", "l", "u", "m"],
+        )
+        .unwrap();
+        assert_eq!(o.config.xattr_ns, XattrNamespace::User);
+        assert_eq!(o.config.timeout, Duration::from_millis(250));
+        assert_eq!(
+            o.mount,
+            MountOptions {
+                allow_other: false,
+                default_permissions: false,
+                suid: false,
+                dev: false,
+                read_only: false,
+                fsname: "x".into()
+            }
+        );
+        for bad in ["timeout=-1", "timeout=abc", "timeout", "fsname=", "userxattr=1"] {
+            assert!(parse_as(ROOT, &["-o", bad, "l", "u", "m"]).is_err(), "{bad}");
+        }
+        let err = parse_as(ROOT, &["-o", "bogus,nosuid,other=1", "l", "u", "m"]).unwrap_err().to_string();
+        assert!(err.contains("'bogus'") && err.contains("'other=1'") && !err.contains("nosuid"), "{err}");
+    }
+
+    #[test]
+    fn ro_turns_upper_into_top_lower() {
+        let o = parse_as(ROOT, &["-o", "ro", "--workdir", "w", "l1:l2", "u", "m"]).unwrap();
+        assert_eq!(o.config.lowers, [PathBuf::from("u"), PathBuf::from("l1"), PathBuf::from("l2")]);
+        assert_eq!((o.config.upper, o.config.workdir), (None, None));
+        assert!(o.mount.read_only);
+        let rw = parse_as(ROOT, &["-o", "ro,rw", "l", "u", "m"]).unwrap();
+        assert!(!rw.mount.read_only && rw.config.upper.is_some());
+    }
+
+    #[test]
+    fn fuse_conf() {
+        assert!(fuse_conf_allows_other("# comment\n  user_allow_other  # yes\n"));
+        assert!(!fuse_conf_allows_other("#user_allow_other\nmount_max = 1000\n"));
+    }
+
+    #[test]
+    fn help_has_examples() {
+        let help = Args::command().render_long_help().to_string();
+        assert!(help.contains("Examples:") && help.contains("userxattr"));
+        Args::command().debug_assert();
+    }
+}

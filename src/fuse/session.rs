@@ -1,0 +1,168 @@
+//! Mounting and serving: turns [`MountOptions`] into a fuser session, runs it until the union is
+//! unmounted, and unmounts cleanly on SIGINT, SIGTERM and SIGHUP.
+//!
+//! fuser installs no signal handlers, and its own unmount is not lazy (EBUSY while a file is
+//! open, and it cannot be retried). So a signal thread does a detached unmount (`umount2` with
+//! `MNT_DETACH`, or `fusermount3 -u -z` when unprivileged): the mount disappears from the
+//! namespace at once, the kernel closes the FUSE connection when its last user is gone, the
+//! workers see ENODEV, `run()` returns and `destroy` runs. The signal handlers are registered
+//! before mounting so a signal that arrives during the mount is not lost (and does not kill the
+//! process with a mount left behind).
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::thread;
+
+use fuser::{BackgroundSession, Filesystem, MountOption, Session, SessionACL};
+use log::{debug, info, warn};
+use rustix::io::Errno;
+use rustix::mount::UnmountFlags;
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+
+use crate::config::MountOptions;
+
+/// Worker threads at most: measured gains flatten out well before this (FUSER.md), and each
+/// worker holds a 16 MiB request buffer.
+const MAX_THREADS: usize = 8;
+
+/// The fuser configuration for `opts`: mount options, ACL and worker threads.
+pub fn fuser_config(opts: &MountOptions) -> fuser::Config {
+    let mut mount_options = vec![
+        MountOption::FSName(opts.fsname.clone()),
+        MountOption::Subtype("unionmount".into()),
+        if opts.suid { MountOption::Suid } else { MountOption::NoSuid },
+        if opts.dev { MountOption::Dev } else { MountOption::NoDev },
+        if opts.read_only { MountOption::RO } else { MountOption::RW },
+    ];
+    if opts.default_permissions {
+        mount_options.push(MountOption::DefaultPermissions);
+    }
+    // `Config` is non_exhaustive: start from the default and set fields.
+    let mut config = fuser::Config::default();
+    config.mount_options = mount_options;
+    config.acl = if opts.allow_other { SessionACL::All } else { SessionACL::Owner };
+    let cpus = thread::available_parallelism().map_or(1, |n| n.get());
+    config.n_threads = Some(cpus.clamp(1, MAX_THREADS));
+    config.clone_fd = true;
+    config
+}
+
+/// Mounts `fs` at `mountpoint`, calls `on_ready` once the mount is live (the kernel's INIT is
+/// answered), and serves requests until the union is unmounted: by `umount`/`fusermount3 -u`,
+/// or by SIGINT/SIGTERM/SIGHUP, which trigger a detached unmount.
+///
+/// Errors: whatever mounting fails with (fuser's message, e.g. from fusermount3), an error
+/// registering the signal handlers, or the session loop's final error.
+pub fn serve<FS: Filesystem>(
+    fs: FS,
+    mountpoint: &Path,
+    opts: &MountOptions,
+    debug: bool,
+    on_ready: impl FnOnce(),
+) -> io::Result<()> {
+    let config = fuser_config(opts);
+    if debug {
+        info!("mounting {} with {:?}", mountpoint.display(), config);
+    }
+    // Registered before mounting: a signal during the mount is queued and handled below.
+    let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP])?;
+    let session = Session::new(fs, mountpoint, &config)?;
+    info!("mounted {} at {}", opts.fsname, mountpoint.display());
+
+    let handle = signals.handle();
+    let mnt = mountpoint.to_path_buf();
+    let watcher = thread::Builder::new().name("unionmount-signals".into()).spawn(move || {
+        // Every signal retries: a second ^C helps if the first unmount failed.
+        for sig in signals.forever() {
+            info!("signal {sig}: unmounting {}", mnt.display());
+            detach_unmount(&mnt);
+        }
+    });
+    let watcher = match watcher {
+        Ok(w) => w,
+        Err(e) => {
+            // Dropping the session unmounts; do not leave a mount nobody serves.
+            drop(session);
+            return Err(e);
+        }
+    };
+
+    on_ready();
+    let result = session.run();
+    debug!("session for {} ended: {result:?}", mountpoint.display());
+    handle.close();
+    let _ = watcher.join();
+    result
+}
+
+/// Mounts `fs` with a background session, for tests: dropping the returned session unmounts.
+pub fn spawn<FS: Filesystem>(fs: FS, mountpoint: &Path, opts: &MountOptions) -> io::Result<BackgroundSession> {
+    Session::new(fs, mountpoint, &fuser_config(opts))?.spawn()
+}
+
+/// Detaches the mount at `mountpoint`. Unprivileged processes get EPERM from umount2 and go
+/// through the setuid helper instead (`-z` is its lazy unmount).
+pub fn detach_unmount(mountpoint: &Path) {
+    match rustix::mount::unmount(mountpoint, UnmountFlags::DETACH | UnmountFlags::NOFOLLOW) {
+        Ok(()) => {}
+        // Not a mountpoint (any more): someone unmounted it already.
+        Err(Errno::INVAL) => debug!("{} is not mounted", mountpoint.display()),
+        Err(Errno::PERM) => fusermount_unmount(mountpoint.to_path_buf()),
+        Err(e) => warn!("cannot unmount {}: {e}", mountpoint.display()),
+    }
+}
+
+fn fusermount_unmount(mountpoint: PathBuf) {
+    for helper in ["fusermount3", "fusermount"] {
+        match Command::new(helper).arg("-u").arg("-z").arg("--").arg(&mountpoint).status() {
+            Ok(s) if s.success() => return,
+            Ok(s) => {
+                warn!("{helper} -u -z {} failed: {s}", mountpoint.display());
+                return;
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => {
+                warn!("cannot run {helper}: {e}");
+                return;
+            }
+        }
+    }
+    warn!("cannot unmount {}: not permitted and no fusermount3 found", mountpoint.display());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_from_options() {
+        let opts = MountOptions {
+            allow_other: true,
+            default_permissions: true,
+            suid: false,
+            dev: true,
+            read_only: true,
+            fsname: "u".into(),
+        };
+        let c = fuser_config(&opts);
+        assert_eq!(c.acl, SessionACL::All);
+        assert!(c.clone_fd);
+        assert!((1..=MAX_THREADS).contains(&c.n_threads.unwrap()));
+        for o in [
+            MountOption::FSName("u".into()),
+            MountOption::Subtype("unionmount".into()),
+            MountOption::NoSuid,
+            MountOption::Dev,
+            MountOption::RO,
+            MountOption::DefaultPermissions,
+        ] {
+            assert!(c.mount_options.contains(&o), "{o:?} missing");
+        }
+        let c = fuser_config(&MountOptions { allow_other: false, default_permissions: false, read_only: false, ..opts });
+        assert_eq!(c.acl, SessionACL::Owner);
+        assert!(c.mount_options.contains(&MountOption::RW));
+        assert!(!c.mount_options.contains(&MountOption::DefaultPermissions));
+    }
+}
