@@ -120,7 +120,10 @@ impl Privilege {
         let root = rustix::process::geteuid().is_root();
         let user_allow_other = !root
             && std::fs::read_to_string("/etc/fuse.conf").is_ok_and(|s| fuse_conf_allows_other(&s));
-        Privilege { root, user_allow_other }
+        Privilege {
+            root,
+            user_allow_other,
+        }
     }
 }
 
@@ -157,7 +160,9 @@ fn build(args: Args, privilege: Privilege) -> Result<Options, clap::Error> {
     let o = parse_mount_options(&args.options).map_err(usage_error)?;
 
     let mut mount = MountOptions {
-        allow_other: o.allow_other.unwrap_or(privilege.root || privilege.user_allow_other),
+        allow_other: o
+            .allow_other
+            .unwrap_or(privilege.root || privilege.user_allow_other),
         default_permissions: o.default_permissions.unwrap_or(true),
         suid: o.suid.unwrap_or(privilege.root),
         dev: o.dev.unwrap_or(privilege.root),
@@ -178,7 +183,11 @@ fn build(args: Args, privilege: Privilege) -> Result<Options, clap::Error> {
 
     // Unprivileged processes cannot write trusted.* xattrs, so an unprivileged mount uses the
     // kernel's userxattr format whether or not it was asked for.
-    let xattr_ns = if o.userxattr || !privilege.root { XattrNamespace::User } else { XattrNamespace::Trusted };
+    let xattr_ns = if o.userxattr || !privilege.root {
+        XattrNamespace::User
+    } else {
+        XattrNamespace::Trusted
+    };
     let mut config = Config::new(lowers, upper, workdir);
     config.xattr_ns = xattr_ns;
     if let Some(t) = o.timeout {
@@ -212,7 +221,11 @@ struct MountOpts {
 fn parse_mount_options(values: &[String]) -> Result<MountOpts, String> {
     let mut o = MountOpts::default();
     let mut unknown = Vec::new();
-    for opt in values.iter().flat_map(|v| v.split(',')).filter(|s| !s.is_empty()) {
+    for opt in values
+        .iter()
+        .flat_map(|v| v.split(','))
+        .filter(|s| !s.is_empty())
+    {
         let (key, value) = match opt.split_once('=') {
             Some((k, v)) => (k, Some(v)),
             None => (opt, None),
@@ -250,12 +263,15 @@ fn parse_timeout(v: &str) -> Result<Duration, String> {
     v.parse::<f64>()
         .ok()
         .and_then(|secs| Duration::try_from_secs_f64(secs).ok())
-        .ok_or_else(|| format!("-o timeout={v}: expected a number of seconds >= 0, e.g. timeout=0.5"))
+        .ok_or_else(|| {
+            format!("-o timeout={v}: expected a number of seconds >= 0, e.g. timeout=0.5")
+        })
 }
 
 /// True if fuse.conf enables `user_allow_other` (a line of its own; `#` starts a comment).
 fn fuse_conf_allows_other(conf: &str) -> bool {
-    conf.lines().any(|l| l.split('#').next().unwrap_or("").trim() == "user_allow_other")
+    conf.lines()
+        .any(|l| l.split('#').next().unwrap_or("").trim() == "user_allow_other")
 }
 
 /// Splits `LOWERS` at unescaped colons. `\:` stands for a colon and `\\` for a backslash
@@ -296,15 +312,28 @@ pub fn split_lowers(s: &OsStr) -> Result<Vec<PathBuf>, String> {
 mod tests {
     use super::*;
 
-    const ROOT: Privilege = Privilege { root: true, user_allow_other: false };
-    const USER: Privilege = Privilege { root: false, user_allow_other: false };
+    const ROOT: Privilege = Privilege {
+        root: true,
+        user_allow_other: false,
+    };
+    const USER: Privilege = Privilege {
+        root: false,
+        user_allow_other: false,
+    };
 
     fn parse_as(p: Privilege, args: &[&str]) -> Result<Options, clap::Error> {
-        build(Args::try_parse_from(std::iter::once("unionmount").chain(args.iter().copied()))?, p)
+        build(
+            Args::try_parse_from(std::iter::once("unionmount").chain(args.iter().copied()))?,
+            p,
+        )
     }
 
     fn lowers(s: &str) -> Vec<String> {
-        split_lowers(OsStr::new(s)).unwrap().iter().map(|p| p.to_string_lossy().into_owned()).collect()
+        split_lowers(OsStr::new(s))
+            .unwrap()
+            .iter()
+            .map(|p| p.to_string_lossy().into_owned())
+            .collect()
     }
 
     #[test]
@@ -315,7 +344,10 @@ mod tests {
         assert_eq!(lowers(r"a\nb"), [r"a\nb"]);
         assert_eq!(lowers(r"trailing\"), [r"trailing\"]);
         for bad in ["", ":a", "a:", "a::b"] {
-            assert!(split_lowers(OsStr::new(bad)).is_err(), "{bad:?} should be rejected");
+            assert!(
+                split_lowers(OsStr::new(bad)).is_err(),
+                "{bad:?} should be rejected"
+            );
         }
     }
 
@@ -344,9 +376,18 @@ mod tests {
         assert_eq!(r.mount.fsname, "unionmount");
 
         let u = parse_as(USER, &["l", "u", "m"]).unwrap();
-        assert!(!u.mount.allow_other && u.mount.default_permissions && !u.mount.suid && !u.mount.dev);
+        assert!(
+            !u.mount.allow_other && u.mount.default_permissions && !u.mount.suid && !u.mount.dev
+        );
         assert_eq!(u.config.xattr_ns, XattrNamespace::User);
-        let u2 = parse_as(Privilege { root: false, user_allow_other: true }, &["l", "u", "m"]).unwrap();
+        let u2 = parse_as(
+            Privilege {
+                root: false,
+                user_allow_other: true,
+            },
+            &["l", "u", "m"],
+        )
+        .unwrap();
         assert!(u2.mount.allow_other);
     }
 
@@ -354,7 +395,15 @@ mod tests {
     fn mount_options() {
         let o = parse_as(
             ROOT,
-            &["-o", "userxattr,timeout=0.25", "-o", "noallow_other,nodefault_permissions,nosuid,nodev,fsname=x", "l", "u", "m"],
+            &[
+                "-o",
+                "userxattr,timeout=0.25",
+                "-o",
+                "noallow_other,nodefault_permissions,nosuid,nodev,fsname=x",
+                "l",
+                "u",
+                "m",
+            ],
         )
         .unwrap();
         assert_eq!(o.config.xattr_ns, XattrNamespace::User);
@@ -370,17 +419,34 @@ mod tests {
                 fsname: "x".into()
             }
         );
-        for bad in ["timeout=-1", "timeout=abc", "timeout", "fsname=", "userxattr=1"] {
-            assert!(parse_as(ROOT, &["-o", bad, "l", "u", "m"]).is_err(), "{bad}");
+        for bad in [
+            "timeout=-1",
+            "timeout=abc",
+            "timeout",
+            "fsname=",
+            "userxattr=1",
+        ] {
+            assert!(
+                parse_as(ROOT, &["-o", bad, "l", "u", "m"]).is_err(),
+                "{bad}"
+            );
         }
-        let err = parse_as(ROOT, &["-o", "bogus,nosuid,other=1", "l", "u", "m"]).unwrap_err().to_string();
-        assert!(err.contains("'bogus'") && err.contains("'other=1'") && !err.contains("nosuid"), "{err}");
+        let err = parse_as(ROOT, &["-o", "bogus,nosuid,other=1", "l", "u", "m"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("'bogus'") && err.contains("'other=1'") && !err.contains("nosuid"),
+            "{err}"
+        );
     }
 
     #[test]
     fn ro_turns_upper_into_top_lower() {
         let o = parse_as(ROOT, &["-o", "ro", "--workdir", "w", "l1:l2", "u", "m"]).unwrap();
-        assert_eq!(o.config.lowers, [PathBuf::from("u"), PathBuf::from("l1"), PathBuf::from("l2")]);
+        assert_eq!(
+            o.config.lowers,
+            [PathBuf::from("u"), PathBuf::from("l1"), PathBuf::from("l2")]
+        );
         assert_eq!((o.config.upper, o.config.workdir), (None, None));
         assert!(o.mount.read_only);
         let rw = parse_as(ROOT, &["-o", "ro,rw", "l", "u", "m"]).unwrap();
@@ -389,8 +455,12 @@ mod tests {
 
     #[test]
     fn fuse_conf() {
-        assert!(fuse_conf_allows_other("# comment\n  user_allow_other  # yes\n"));
-        assert!(!fuse_conf_allows_other("#user_allow_other\nmount_max = 1000\n"));
+        assert!(fuse_conf_allows_other(
+            "# comment\n  user_allow_other  # yes\n"
+        ));
+        assert!(!fuse_conf_allows_other(
+            "#user_allow_other\nmount_max = 1000\n"
+        ));
     }
 
     #[test]

@@ -20,12 +20,12 @@
 
 #![forbid(unsafe_code)]
 
+pub mod cli;
 pub mod config;
 pub mod format;
+pub mod fuse;
 pub mod layer;
 pub mod node;
+pub mod setup;
 pub mod sys;
 pub mod union;
-pub mod fuse;
-pub mod cli;
-pub mod setup;

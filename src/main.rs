@@ -65,7 +65,8 @@ fn init_logger(debug: bool) {
 /// runners), so that no file, socket or /dev/fuse fd opened later lands on them and gets
 /// written to by a stray print or redirected away by the daemon's stdio cleanup.
 fn ensure_std_fds() {
-    while let Ok(fd) = rustix::fs::open("/dev/null", OFlags::RDWR | OFlags::CLOEXEC, Mode::empty()) {
+    while let Ok(fd) = rustix::fs::open("/dev/null", OFlags::RDWR | OFlags::CLOEXEC, Mode::empty())
+    {
         if fd.as_raw_fd() > 2 {
             break; // dropped: 0..=2 are all taken
         }
@@ -135,7 +136,12 @@ fn run(mut opts: Options) -> Result<(), String> {
     log::debug!("options: {opts:?}");
 
     let union = Union::new(&opts.config).map_err(|e| {
-        let mut layers: Vec<String> = opts.config.lowers.iter().map(|l| format!("lower {}", l.display())).collect();
+        let mut layers: Vec<String> = opts
+            .config
+            .lowers
+            .iter()
+            .map(|l| format!("lower {}", l.display()))
+            .collect();
         if let (Some(u), Some(w)) = (&opts.config.upper, &opts.config.workdir) {
             layers.push(format!("upper {}", u.display()));
             layers.push(format!("workdir {}", w.display()));
@@ -165,7 +171,8 @@ fn announce_ready(keep_stderr: bool) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{READY}").and_then(|()| out.flush());
     drop(out);
-    let Ok(null) = rustix::fs::open("/dev/null", OFlags::RDWR | OFlags::CLOEXEC, Mode::empty()) else {
+    let Ok(null) = rustix::fs::open("/dev/null", OFlags::RDWR | OFlags::CLOEXEC, Mode::empty())
+    else {
         log::warn!("cannot open /dev/null; keeping the caller's stdio");
         return;
     };

@@ -59,7 +59,9 @@ fn default_workdir_name(upper: &Path) -> Option<PathBuf> {
 /// Validates and canonicalises `opts` in place (see the module docs) and takes the locks.
 pub fn validate(opts: &mut Options) -> Result<Locks, SetupError> {
     if !Path::new("/proc/self/fd").is_dir() {
-        return err("/proc is not mounted (no /proc/self/fd): unionmount reaches xattrs through it; mount proc first (mount -t proc proc /proc)");
+        return err(
+            "/proc is not mounted (no /proc/self/fd): unionmount reaches xattrs through it; mount proc first (mount -t proc proc /proc)",
+        );
     }
     let cfg = &mut opts.config;
     if cfg.lowers.is_empty() {
@@ -70,7 +72,10 @@ pub fn validate(opts: &mut Options) -> Result<Locks, SetupError> {
     }
     for (i, a) in cfg.lowers.iter().enumerate() {
         if cfg.lowers[..i].contains(a) {
-            return err(format!("lower directory {} is listed twice; list each lower once", a.display()));
+            return err(format!(
+                "lower directory {} is listed twice; list each lower once",
+                a.display()
+            ));
         }
     }
     let mountpoint = canonical_dir(&opts.mountpoint, "mountpoint")?;
@@ -92,7 +97,10 @@ pub fn validate(opts: &mut Options) -> Result<Locks, SetupError> {
     }
 
     let Some(upper_arg) = cfg.upper.clone() else {
-        return Ok(Locks { upper: None, workdir: None });
+        return Ok(Locks {
+            upper: None,
+            workdir: None,
+        });
     };
     let upper = canonical_dir(&upper_arg, "upper directory")?;
     cfg.upper = Some(upper.clone());
@@ -101,7 +109,10 @@ pub fn validate(opts: &mut Options) -> Result<Locks, SetupError> {
         Some(w) => (canonical_dir(w, "workdir")?, false),
         None => {
             let Some(w) = default_workdir_name(&upper) else {
-                return err(format!("upper {} has no parent directory for the default workdir; pass --workdir DIR on the same filesystem", upper.display()));
+                return err(format!(
+                    "upper {} has no parent directory for the default workdir; pass --workdir DIR on the same filesystem",
+                    upper.display()
+                ));
             };
             let parent = w.parent().unwrap_or(Path::new("/"));
             if dev_of(parent)? != upper_dev {
@@ -131,7 +142,10 @@ pub fn validate(opts: &mut Options) -> Result<Locks, SetupError> {
     if let Ok(mountinfo) = std::fs::read_to_string("/proc/self/mountinfo")
         && let Some((what, path)) = overlay_conflict(&mountinfo, &upper, &workdir)
     {
-        return err(format!("{what} {} is in use by a kernel overlayfs mount; unmount it first", path.display()));
+        return err(format!(
+            "{what} {} is in use by a kernel overlayfs mount; unmount it first",
+            path.display()
+        ));
     }
 
     let locks = Locks {
@@ -146,9 +160,15 @@ pub fn validate(opts: &mut Options) -> Result<Locks, SetupError> {
 /// must be disjoint from each other and from every lower, and the mountpoint must not be in the
 /// upper or workdir. (Lowers are opened before mounting, so a layer inside the mountpoint is
 /// fine.)
-fn check_layout(lowers: &[PathBuf], upper: &Path, workdir: &Path, mountpoint: &Path) -> Result<(), SetupError> {
+fn check_layout(
+    lowers: &[PathBuf],
+    upper: &Path,
+    workdir: &Path,
+    mountpoint: &Path,
+) -> Result<(), SetupError> {
     const KEEP_APART: &str = "the upper must be a separate directory outside every lower";
-    const CLEARED: &str = "its work/ subdirectory is emptied at every mount: choose another workdir";
+    const CLEARED: &str =
+        "its work/ subdirectory is emptied at every mount: choose another workdir";
     const WORK_OUT: &str = "choose a workdir outside every layer, on the upper's filesystem";
     for l in lowers {
         apart(("upper", upper), ("lower directory", l), KEEP_APART)?;
@@ -164,7 +184,11 @@ fn check_layout(lowers: &[PathBuf], upper: &Path, workdir: &Path, mountpoint: &P
 }
 
 /// Fails if the path `a` is `b` or lies inside it, with a message naming both and `advice`.
-fn apart((a_name, a): (&str, &Path), (b_name, b): (&str, &Path), advice: &str) -> Result<(), SetupError> {
+fn apart(
+    (a_name, a): (&str, &Path),
+    (b_name, b): (&str, &Path),
+    advice: &str,
+) -> Result<(), SetupError> {
     let rel = if a == b {
         "is the same directory as"
     } else if a.starts_with(b) {
@@ -172,12 +196,22 @@ fn apart((a_name, a): (&str, &Path), (b_name, b): (&str, &Path), advice: &str) -
     } else {
         return Ok(());
     };
-    err(format!("{a_name} {} {rel} {b_name} {}; {advice}", a.display(), b.display()))
+    err(format!(
+        "{a_name} {} {rel} {b_name} {}; {advice}",
+        a.display(),
+        b.display()
+    ))
 }
 
 /// Canonicalises `p` and checks that it is a directory; `what` names it in messages.
 fn canonical_dir(p: &Path, what: &str) -> Result<PathBuf, SetupError> {
-    let c = std::fs::canonicalize(p).map_err(|e| SetupError(format!("{what} {}: {}; create it or fix the path", p.display(), plain(&e))))?;
+    let c = std::fs::canonicalize(p).map_err(|e| {
+        SetupError(format!(
+            "{what} {}: {}; create it or fix the path",
+            p.display(),
+            plain(&e)
+        ))
+    })?;
     match std::fs::metadata(&c) {
         Ok(m) if m.is_dir() => Ok(c),
         Ok(_) => err(format!("{what} {} is not a directory", p.display())),
@@ -195,28 +229,45 @@ fn plain(e: &std::io::Error) -> String {
 }
 
 fn dev_of(p: &Path) -> Result<u64, SetupError> {
-    rustix::fs::stat(p).map(|st| st.st_dev).map_err(|e| SetupError(format!("cannot stat {}: {e}", p.display())))
+    rustix::fs::stat(p)
+        .map(|st| st.st_dev)
+        .map_err(|e| SetupError(format!("cannot stat {}: {e}", p.display())))
 }
 
 fn create_default_workdir(w: &Path) -> Result<(), SetupError> {
     match rustix::fs::mkdir(w, Mode::from_raw_mode(0o700)) {
         Ok(()) | Err(Errno::EXIST) => {}
-        Err(e) => return err(format!("cannot create the default workdir {}: {e}; pass --workdir DIR on the upper's filesystem", w.display())),
+        Err(e) => {
+            return err(format!(
+                "cannot create the default workdir {}: {e}; pass --workdir DIR on the upper's filesystem",
+                w.display()
+            ));
+        }
     }
     // A symlink planted at the default name must not redirect the workdir (it gets cleared).
     match std::fs::symlink_metadata(w) {
         Ok(m) if m.is_dir() => Ok(()),
-        _ => err(format!("default workdir {} exists but is not a directory; remove it or pass --workdir DIR", w.display())),
+        _ => err(format!(
+            "default workdir {} exists but is not a directory; remove it or pass --workdir DIR",
+            w.display()
+        )),
     }
 }
 
 /// Opens `dir` and takes a non-blocking exclusive flock on it.
 fn lock_dir(dir: &Path, what: &str) -> Result<OwnedFd, SetupError> {
-    let fd = rustix::fs::open(dir, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
-        .map_err(|e| SetupError(format!("cannot open {what} {}: {e}", dir.display())))?;
+    let fd = rustix::fs::open(
+        dir,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| SetupError(format!("cannot open {what} {}: {e}", dir.display())))?;
     match rustix::fs::flock(&fd, FlockOperation::NonBlockingLockExclusive) {
         Ok(()) => Ok(fd),
-        Err(Errno::WOULDBLOCK) => err(format!("{what} {} is already in use by another unionmount; unmount that first", dir.display())),
+        Err(Errno::WOULDBLOCK) => err(format!(
+            "{what} {} is already in use by another unionmount; unmount that first",
+            dir.display()
+        )),
         Err(e) => err(format!("cannot lock {what} {}: {e}", dir.display())),
     }
 }
@@ -225,20 +276,44 @@ fn lock_dir(dir: &Path, what: &str) -> Result<OwnedFd, SetupError> {
 /// `<ns>.overlay.*` xattrs and char 0/0 whiteouts. Probes in `WORKDIR/work` (which exists on
 /// the same filesystem and is cleared at mount anyway) so the upper itself is never touched.
 fn probe_upper(upper: &Path, workdir: &Path, ns: XattrNamespace) -> Result<(), SetupError> {
-    let wd = rustix::fs::open(workdir, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
-        .map_err(|e| SetupError(format!("cannot open workdir {}: {e}", workdir.display())))?;
+    let wd = rustix::fs::open(
+        workdir,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| SetupError(format!("cannot open workdir {}: {e}", workdir.display())))?;
     match rustix::fs::mkdirat(&wd, "work", Mode::from_raw_mode(0o700)) {
         Ok(()) | Err(Errno::EXIST) => {}
-        Err(e) => return err(format!("cannot create {}/work: {e}; the workdir must be writable", workdir.display())),
+        Err(e) => {
+            return err(format!(
+                "cannot create {}/work: {e}; the workdir must be writable",
+                workdir.display()
+            ));
+        }
     }
-    let work = rustix::fs::openat(&wd, "work", OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::NOFOLLOW, Mode::empty())
-        .map_err(|e| SetupError(format!("cannot open {}/work: {e}", workdir.display())))?;
+    let work = rustix::fs::openat(
+        &wd,
+        "work",
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+        Mode::empty(),
+    )
+    .map_err(|e| SetupError(format!("cannot open {}/work: {e}", workdir.display())))?;
     let name = format!("#unionmount-probe.{}", std::process::id());
     let name = OsStr::new(&name);
     let _ = rustix::fs::unlinkat(&work, name, AtFlags::empty());
 
-    let file = rustix::fs::openat(&work, name, OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC, Mode::from_raw_mode(0o600))
-        .map_err(|e| SetupError(format!("cannot create a file in {}/work: {e}; the workdir must be writable", workdir.display())))?;
+    let file = rustix::fs::openat(
+        &work,
+        name,
+        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o600),
+    )
+    .map_err(|e| {
+        SetupError(format!(
+            "cannot create a file in {}/work: {e}; the workdir must be writable",
+            workdir.display()
+        ))
+    })?;
     let key = format!("{}test", ns.overlay_prefix());
     let xattr = rustix::fs::fsetxattr(file.as_fd(), &key, b"y", XattrFlags::empty())
         .and_then(|()| rustix::fs::fremovexattr(file.as_fd(), &key));
@@ -250,10 +325,17 @@ fn probe_upper(upper: &Path, workdir: &Path, ns: XattrNamespace) -> Result<(), S
             XattrNamespace::User => "user.*",
         };
         let advice = match ns {
-            XattrNamespace::Trusted => "mount as root, use -o userxattr, or put the upper on ext4/xfs/btrfs/tmpfs",
-            XattrNamespace::User => "put the upper on a filesystem with user xattrs (ext4, xfs, btrfs, tmpfs on Linux 6.6+)",
+            XattrNamespace::Trusted => {
+                "mount as root, use -o userxattr, or put the upper on ext4/xfs/btrfs/tmpfs"
+            }
+            XattrNamespace::User => {
+                "put the upper on a filesystem with user xattrs (ext4, xfs, btrfs, tmpfs on Linux 6.6+)"
+            }
         };
-        return err(format!("upper filesystem at {} does not support {ns_name} xattrs ({e}); {advice}", upper.display()));
+        return err(format!(
+            "upper filesystem at {} does not support {ns_name} xattrs ({e}); {advice}",
+            upper.display()
+        ));
     }
 
     let wh = rustix::fs::mknodat(&work, name, FileType::CharacterDevice, Mode::empty(), 0);
@@ -269,10 +351,16 @@ fn probe_upper(upper: &Path, workdir: &Path, ns: XattrNamespace) -> Result<(), S
 
 /// Finds a kernel overlayfs mount (in /proc/self/mountinfo text) whose upperdir or workdir is
 /// `upper` or `workdir`; returns which option matched and the path.
-fn overlay_conflict(mountinfo: &str, upper: &Path, workdir: &Path) -> Option<(&'static str, PathBuf)> {
+fn overlay_conflict(
+    mountinfo: &str,
+    upper: &Path,
+    workdir: &Path,
+) -> Option<(&'static str, PathBuf)> {
     for line in mountinfo.lines() {
         // "<id> <parent> <dev> <root> <mnt> <opts> [optional...] - <fstype> <source> <superopts>"
-        let Some((_, tail)) = line.split_once(" - ") else { continue };
+        let Some((_, tail)) = line.split_once(" - ") else {
+            continue;
+        };
         let mut f = tail.split(' ');
         if f.next() != Some("overlay") {
             continue;
@@ -302,7 +390,10 @@ fn unescape_octal(s: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
             out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
             i += 4;
         } else {
@@ -326,10 +417,23 @@ mod tests {
         let lowers = [p("/l1"), p("/l2")];
         let ok = |u: &str, w: &str, m: &str| check_layout(&lowers, &p(u), &p(w), &p(m));
         assert!(ok("/u", "/w", "/m").is_ok());
-        assert!(ok("/u", "/w", "/l1x").is_ok(), "a sibling with a common prefix is not nested");
+        assert!(
+            ok("/u", "/w", "/l1x").is_ok(),
+            "a sibling with a common prefix is not nested"
+        );
         assert!(ok("/u", "/w", "/m/l1").is_ok());
-        assert!(ok("/l1", "/w", "/m").unwrap_err().0.contains("upper /l1 is the same directory as lower directory /l1"));
-        assert!(ok("/l1/u", "/w", "/m").unwrap_err().0.contains("upper /l1/u is inside lower directory /l1"));
+        assert!(
+            ok("/l1", "/w", "/m")
+                .unwrap_err()
+                .0
+                .contains("upper /l1 is the same directory as lower directory /l1")
+        );
+        assert!(
+            ok("/l1/u", "/w", "/m")
+                .unwrap_err()
+                .0
+                .contains("upper /l1/u is inside lower directory /l1")
+        );
         assert!(ok("/", "/w", "/m").unwrap_err().0.contains("inside upper"));
         assert!(ok("/u", "/l2/w", "/m").is_err());
         assert!(ok("/u", "/u/w", "/m").is_err());
@@ -341,7 +445,10 @@ mod tests {
 
     #[test]
     fn default_workdir() {
-        assert_eq!(default_workdir_name(&p("/a/up")), Some(p("/a/.up.unionmount-work")));
+        assert_eq!(
+            default_workdir_name(&p("/a/up")),
+            Some(p("/a/.up.unionmount-work"))
+        );
         assert_eq!(default_workdir_name(&p("/")), None);
     }
 
@@ -349,8 +456,14 @@ mod tests {
     fn mountinfo_overlays() {
         let mi = "22 1 0:21 / /proc rw,nosuid - proc proc rw\n\
                   40 1 0:40 / /merged rw,relatime - overlay overlay rw,lowerdir=/lo,upperdir=/my\\040up,workdir=/wd,uuid=on\n";
-        assert_eq!(overlay_conflict(mi, &p("/my up"), &p("/other")), Some(("upper", p("/my up"))));
-        assert_eq!(overlay_conflict(mi, &p("/x"), &p("/wd")), Some(("workdir", p("/wd"))));
+        assert_eq!(
+            overlay_conflict(mi, &p("/my up"), &p("/other")),
+            Some(("upper", p("/my up")))
+        );
+        assert_eq!(
+            overlay_conflict(mi, &p("/x"), &p("/wd")),
+            Some(("workdir", p("/wd")))
+        );
         assert_eq!(overlay_conflict(mi, &p("/lo"), &p("/x")), None);
     }
 
@@ -367,7 +480,13 @@ mod tests {
         for d in ["lo", "up", "mnt"] {
             std::fs::create_dir(t.path().join(d)).unwrap();
         }
-        let args = ["unionmount", "lo", "up", "mnt"].map(|a| if a == "unionmount" { a.into() } else { t.path().join(a).into_os_string() });
+        let args = ["unionmount", "lo", "up", "mnt"].map(|a| {
+            if a == "unionmount" {
+                a.into()
+            } else {
+                t.path().join(a).into_os_string()
+            }
+        });
         let mut opts = crate::cli::parse_from(args).unwrap();
         let locks = match validate(&mut opts) {
             Ok(l) => l,
@@ -378,7 +497,13 @@ mod tests {
         let root = std::fs::canonicalize(t.path()).unwrap();
         assert_eq!(opts.config.workdir, Some(root.join(".up.unionmount-work")));
         assert!(root.join(".up.unionmount-work/work").is_dir());
-        let mut again = crate::cli::parse_from(["unionmount".into(), root.join("lo").into_os_string(), root.join("up").into_os_string(), root.join("mnt").into_os_string()]).unwrap();
+        let mut again = crate::cli::parse_from([
+            "unionmount".into(),
+            root.join("lo").into_os_string(),
+            root.join("up").into_os_string(),
+            root.join("mnt").into_os_string(),
+        ])
+        .unwrap();
         let e = validate(&mut again).unwrap_err();
         assert!(e.0.contains("already in use"), "{e}");
         drop(locks);

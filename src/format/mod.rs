@@ -86,7 +86,10 @@ pub struct MarkerKeys {
 
 impl MarkerKeys {
     pub fn new(prefix: &str) -> MarkerKeys {
-        MarkerKeys { opaque: format!("{prefix}opaque"), whiteout: format!("{prefix}whiteout") }
+        MarkerKeys {
+            opaque: format!("{prefix}opaque"),
+            whiteout: format!("{prefix}whiteout"),
+        }
     }
 }
 
@@ -96,7 +99,10 @@ mod tests {
 
     #[test]
     fn aufs_names() {
-        assert_eq!(aufs_whiteout_target(OsStr::new(".wh.foo")), Some(OsStr::new("foo")));
+        assert_eq!(
+            aufs_whiteout_target(OsStr::new(".wh.foo")),
+            Some(OsStr::new("foo"))
+        );
         assert_eq!(aufs_whiteout_target(OsStr::new(".wh..wh..opq")), None);
         assert_eq!(aufs_whiteout_target(OsStr::new(".wh.")), None);
         assert_eq!(aufs_whiteout_target(OsStr::new("foo")), None);

@@ -8,9 +8,10 @@ use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
-    AccessFlags, FileAttr, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner,
-    OpenFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek,
-    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    AccessFlags, FileAttr, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
+    KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
+    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite,
+    ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use rustix::fs::{FileType as SysType, OFlags, Timespec};
 
@@ -28,7 +29,10 @@ pub struct Adapter {
 
 impl Adapter {
     pub fn new(union: Union, cfg: &Config) -> Adapter {
-        Adapter { union, ttl: cfg.timeout }
+        Adapter {
+            union,
+            ttl: cfg.timeout,
+        }
     }
 
     /// The engine behind the adapter.
@@ -42,7 +46,11 @@ fn fuse_errno(e: Errno) -> fuser::Errno {
 }
 
 fn ctx(req: &Request, umask: u32) -> Ctx {
-    Ctx { uid: req.uid(), gid: req.gid(), umask }
+    Ctx {
+        uid: req.uid(),
+        gid: req.gid(),
+        umask,
+    }
 }
 
 fn kind(t: SysType) -> fuser::FileType {
@@ -103,7 +111,10 @@ fn set_time(t: Option<TimeOrNow>) -> Option<SetTime> {
         TimeOrNow::Now => SetTime::Now,
         TimeOrNow::SpecificTime(st) => {
             let ts = match st.duration_since(UNIX_EPOCH) {
-                Ok(d) => Timespec { tv_sec: d.as_secs() as i64, tv_nsec: d.subsec_nanos() as _ },
+                Ok(d) => Timespec {
+                    tv_sec: d.as_secs() as i64,
+                    tv_nsec: d.subsec_nanos() as _,
+                },
                 Err(e) => {
                     let d = e.duration();
                     let (mut s, mut n) = (-(d.as_secs() as i64), -(d.subsec_nanos() as i64));
@@ -111,7 +122,10 @@ fn set_time(t: Option<TimeOrNow>) -> Option<SetTime> {
                         s -= 1;
                         n += 1_000_000_000;
                     }
-                    Timespec { tv_sec: s, tv_nsec: n as _ }
+                    Timespec {
+                        tv_sec: s,
+                        tv_nsec: n as _,
+                    }
                 }
             };
             SetTime::At(ts)
@@ -198,7 +212,15 @@ impl Filesystem for Adapter {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        let set = SetAttr { mode, uid, gid, size, atime: set_time(atime), mtime: set_time(mtime), fh: fh.map(|f| f.0) };
+        let set = SetAttr {
+            mode,
+            uid,
+            gid,
+            size,
+            atime: set_time(atime),
+            mtime: set_time(mtime),
+            fh: fh.map(|f| f.0),
+        };
         match self.union.setattr(&ctx(req, 0), ino.0, &set) {
             Ok(a) => reply.attr(&self.ttl, &file_attr(&a)),
             Err(e) => reply.error(fuse_errno(e)),
@@ -212,12 +234,36 @@ impl Filesystem for Adapter {
         }
     }
 
-    fn mknod(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, rdev: u32, reply: ReplyEntry) {
-        self.reply_entry(self.union.mknod(&ctx(req, umask), parent.0, name, mode, decode_dev(rdev)), reply);
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        self.reply_entry(
+            self.union
+                .mknod(&ctx(req, umask), parent.0, name, mode, decode_dev(rdev)),
+            reply,
+        );
     }
 
-    fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
-        self.reply_entry(self.union.mkdir(&ctx(req, umask), parent.0, name, mode), reply);
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
+        self.reply_entry(
+            self.union.mkdir(&ctx(req, umask), parent.0, name, mode),
+            reply,
+        );
     }
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -228,8 +274,19 @@ impl Filesystem for Adapter {
         reply_empty(self.union.rmdir(&ctx(req, 0), parent.0, name), reply);
     }
 
-    fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
-        self.reply_entry(self.union.symlink(&ctx(req, 0), parent.0, link_name, target.as_os_str()), reply);
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        self.reply_entry(
+            self.union
+                .symlink(&ctx(req, 0), parent.0, link_name, target.as_os_str()),
+            reply,
+        );
     }
 
     fn rename(
@@ -251,10 +308,21 @@ impl Filesystem for Adapter {
             noreplace: flags.contains(fuser::RenameFlags::RENAME_NOREPLACE),
             exchange: flags.contains(fuser::RenameFlags::RENAME_EXCHANGE),
         };
-        reply_empty(self.union.rename(&ctx(req, 0), parent.0, name, newparent.0, newname, f), reply);
+        reply_empty(
+            self.union
+                .rename(&ctx(req, 0), parent.0, name, newparent.0, newname, f),
+            reply,
+        );
     }
 
-    fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
         self.reply_entry(self.union.link(ino.0, newparent.0, newname), reply);
     }
 
@@ -300,7 +368,14 @@ impl Filesystem for Adapter {
         }
     }
 
-    fn flush(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
         reply_empty(self.union.flush(fh.0), reply);
     }
 
@@ -318,7 +393,14 @@ impl Filesystem for Adapter {
         reply.ok();
     }
 
-    fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
         reply_empty(self.union.fsync(fh.0, datasync), reply);
     }
 
@@ -329,7 +411,14 @@ impl Filesystem for Adapter {
         }
     }
 
-    fn readdir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+    fn readdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
         let entries = match self.union.readdir(fh.0, offset) {
             Ok(e) => e,
             Err(e) => return reply.error(fuse_errno(e)),
@@ -342,7 +431,14 @@ impl Filesystem for Adapter {
         reply.ok();
     }
 
-    fn readdirplus(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
         let entries = match self.union.readdir(fh.0, offset) {
             Ok(e) => e,
             Err(e) => return reply.error(fuse_errno(e)),
@@ -363,7 +459,14 @@ impl Filesystem for Adapter {
                     Err(_) => continue,
                 }
             };
-            if reply.add(INodeNo(attr.ino), i as u64 + 1, &e.name, &self.ttl, &file_attr(&attr), Generation(0)) {
+            if reply.add(
+                INodeNo(attr.ino),
+                i as u64 + 1,
+                &e.name,
+                &self.ttl,
+                &file_attr(&attr),
+                Generation(0),
+            ) {
                 if !dot {
                     self.union.forget(attr.ino, 1);
                 }
@@ -373,12 +476,26 @@ impl Filesystem for Adapter {
         reply.ok();
     }
 
-    fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
         self.union.releasedir(fh.0);
         reply.ok();
     }
 
-    fn fsyncdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
         reply_empty(self.union.fsyncdir(ino.0), reply);
     }
 
@@ -398,7 +515,16 @@ impl Filesystem for Adapter {
         }
     }
 
-    fn setxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, value: &[u8], flags: i32, _position: u32, reply: ReplyEmpty) {
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
         reply_empty(self.union.setxattr(ino.0, name, value, flags as u32), reply);
     }
 
@@ -426,18 +552,59 @@ impl Filesystem for Adapter {
         reply_empty(self.union.access(ino.0, mask.bits() as u32), reply);
     }
 
-    fn create(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, flags: i32, reply: ReplyCreate) {
-        match self.union.create(&ctx(req, umask), parent.0, name, mode, OFlags::from_bits_retain(flags as u32)) {
-            Ok((a, fh)) => reply.created(&self.ttl, &file_attr(&a), Generation(0), FileHandle(fh), FopenFlags::empty()),
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        match self.union.create(
+            &ctx(req, umask),
+            parent.0,
+            name,
+            mode,
+            OFlags::from_bits_retain(flags as u32),
+        ) {
+            Ok((a, fh)) => reply.created(
+                &self.ttl,
+                &file_attr(&a),
+                Generation(0),
+                FileHandle(fh),
+                FopenFlags::empty(),
+            ),
             Err(e) => reply.error(fuse_errno(e)),
         }
     }
 
-    fn fallocate(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, length: u64, mode: i32, reply: ReplyEmpty) {
-        reply_empty(self.union.fallocate(fh.0, mode as u32, offset, length), reply);
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        reply_empty(
+            self.union.fallocate(fh.0, mode as u32, offset, length),
+            reply,
+        );
     }
 
-    fn lseek(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: i64, whence: i32, reply: ReplyLseek) {
+    fn lseek(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
         match self.union.lseek(fh.0, offset, whence as u32) {
             Ok(o) => reply.offset(o as i64),
             Err(e) => reply.error(fuse_errno(e)),

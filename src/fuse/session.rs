@@ -5,7 +5,8 @@
 //! open, and it cannot be retried). So a signal thread does a detached unmount (`umount2` with
 //! `MNT_DETACH`, or `fusermount3 -u -z` when unprivileged): the mount disappears from the
 //! namespace at once, the kernel closes the FUSE connection when its last user is gone, the
-//! workers see ENODEV, `run()` returns and `destroy` runs. The signal handlers are registered
+//! workers see ENODEV, `run()` returns and `destroy` runs; if files stay open on the detached
+//! mount, the daemon exits after a short grace period instead. The signal handlers are registered
 //! before mounting so a signal that arrives during the mount is not lost (and does not kill the
 //! process with a mount left behind).
 
@@ -13,6 +14,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::thread;
+use std::time::Duration;
 
 use fuser::{BackgroundSession, Filesystem, MountOption, Session, SessionACL};
 use log::{debug, info, warn};
@@ -32,9 +34,21 @@ pub fn fuser_config(opts: &MountOptions) -> fuser::Config {
     let mut mount_options = vec![
         MountOption::FSName(opts.fsname.clone()),
         MountOption::Subtype("unionmount".into()),
-        if opts.suid { MountOption::Suid } else { MountOption::NoSuid },
-        if opts.dev { MountOption::Dev } else { MountOption::NoDev },
-        if opts.read_only { MountOption::RO } else { MountOption::RW },
+        if opts.suid {
+            MountOption::Suid
+        } else {
+            MountOption::NoSuid
+        },
+        if opts.dev {
+            MountOption::Dev
+        } else {
+            MountOption::NoDev
+        },
+        if opts.read_only {
+            MountOption::RO
+        } else {
+            MountOption::RW
+        },
     ];
     if opts.default_permissions {
         mount_options.push(MountOption::DefaultPermissions);
@@ -42,7 +56,11 @@ pub fn fuser_config(opts: &MountOptions) -> fuser::Config {
     // `Config` is non_exhaustive: start from the default and set fields.
     let mut config = fuser::Config::default();
     config.mount_options = mount_options;
-    config.acl = if opts.allow_other { SessionACL::All } else { SessionACL::Owner };
+    config.acl = if opts.allow_other {
+        SessionACL::All
+    } else {
+        SessionACL::Owner
+    };
     let cpus = thread::available_parallelism().map_or(1, |n| n.get());
     config.n_threads = Some(cpus.clamp(1, MAX_THREADS));
     config.clone_fd = true;
@@ -73,13 +91,20 @@ pub fn serve<FS: Filesystem>(
 
     let handle = signals.handle();
     let mnt = mountpoint.to_path_buf();
-    let watcher = thread::Builder::new().name("unionmount-signals".into()).spawn(move || {
-        // Every signal retries: a second ^C helps if the first unmount failed.
-        for sig in signals.forever() {
-            info!("signal {sig}: unmounting {}", mnt.display());
-            detach_unmount(&mnt);
-        }
-    });
+    let watcher = thread::Builder::new()
+        .name("unionmount-signals".into())
+        .spawn(move || {
+            let mut deadline_set = false;
+            // Every signal retries: a second ^C helps if the first unmount failed.
+            for sig in signals.forever() {
+                info!("signal {sig}: unmounting {}", mnt.display());
+                detach_unmount(&mnt);
+                if !deadline_set {
+                    deadline_set = true;
+                    exit_after_grace(mnt.clone());
+                }
+            }
+        });
     let watcher = match watcher {
         Ok(w) => w,
         Err(e) => {
@@ -97,8 +122,36 @@ pub fn serve<FS: Filesystem>(
     result
 }
 
+/// How long a signalled daemon keeps serving files that are still open on the detached mount.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
+
+/// After a detached unmount the kernel keeps the FUSE connection (and so our session) alive
+/// while any file on it is open or any process has its cwd there, which may be forever. Like
+/// libfuse daemons, do not wait for them: if the session has not ended within
+/// [`SHUTDOWN_GRACE`], exit. Closing our /dev/fuse fds aborts the connection; the holders then
+/// get ENOTCONN. (If the session ends first, `main` returns and this thread dies with it.)
+fn exit_after_grace(mnt: PathBuf) {
+    let spawned = thread::Builder::new()
+        .name("unionmount-grace".into())
+        .spawn(move || {
+            thread::sleep(SHUTDOWN_GRACE);
+            warn!(
+                "{} is still in use after unmounting; exiting, its open files become unusable",
+                mnt.display()
+            );
+            std::process::exit(0);
+        });
+    if let Err(e) = spawned {
+        warn!("cannot start the shutdown timer: {e}");
+    }
+}
+
 /// Mounts `fs` with a background session, for tests: dropping the returned session unmounts.
-pub fn spawn<FS: Filesystem>(fs: FS, mountpoint: &Path, opts: &MountOptions) -> io::Result<BackgroundSession> {
+pub fn spawn<FS: Filesystem>(
+    fs: FS,
+    mountpoint: &Path,
+    opts: &MountOptions,
+) -> io::Result<BackgroundSession> {
     Session::new(fs, mountpoint, &fuser_config(opts))?.spawn()
 }
 
@@ -116,7 +169,13 @@ pub fn detach_unmount(mountpoint: &Path) {
 
 fn fusermount_unmount(mountpoint: PathBuf) {
     for helper in ["fusermount3", "fusermount"] {
-        match Command::new(helper).arg("-u").arg("-z").arg("--").arg(&mountpoint).status() {
+        match Command::new(helper)
+            .arg("-u")
+            .arg("-z")
+            .arg("--")
+            .arg(&mountpoint)
+            .status()
+        {
             Ok(s) if s.success() => return,
             Ok(s) => {
                 warn!("{helper} -u -z {} failed: {s}", mountpoint.display());
@@ -129,7 +188,10 @@ fn fusermount_unmount(mountpoint: PathBuf) {
             }
         }
     }
-    warn!("cannot unmount {}: not permitted and no fusermount3 found", mountpoint.display());
+    warn!(
+        "cannot unmount {}: not permitted and no fusermount3 found",
+        mountpoint.display()
+    );
 }
 
 #[cfg(test)]
@@ -160,7 +222,12 @@ mod tests {
         ] {
             assert!(c.mount_options.contains(&o), "{o:?} missing");
         }
-        let c = fuser_config(&MountOptions { allow_other: false, default_permissions: false, read_only: false, ..opts });
+        let c = fuser_config(&MountOptions {
+            allow_other: false,
+            default_permissions: false,
+            read_only: false,
+            ..opts
+        });
         assert_eq!(c.acl, SessionACL::Owner);
         assert!(c.mount_options.contains(&MountOption::RW));
         assert!(!c.mount_options.contains(&MountOption::DefaultPermissions));

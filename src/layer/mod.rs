@@ -50,15 +50,25 @@ pub struct LowerKeys {
 
 impl Default for LowerKeys {
     fn default() -> Self {
-        LowerKeys { trusted: MarkerKeys::new("trusted.overlay."), user: MarkerKeys::new("user.overlay.") }
+        LowerKeys {
+            trusted: MarkerKeys::new("trusted.overlay."),
+            user: MarkerKeys::new("user.overlay."),
+        }
     }
 }
 
 impl Layer {
     /// Opens `path` as a layer root.
     pub fn open(path: &Path) -> Result<Layer, Errno> {
-        let root = rustix::fs::open(path, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, rustix::fs::Mode::empty())?;
-        Ok(Layer { path: path.to_path_buf(), root })
+        let root = rustix::fs::open(
+            path,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )?;
+        Ok(Layer {
+            path: path.to_path_buf(),
+            root,
+        })
     }
 
     /// The directory at union path `rel` in this layer.
@@ -77,11 +87,20 @@ impl Layer {
 
 /// What `name` is in the layer directory `dir`. `xwhiteouts` says whether that directory may
 /// hold xattr whiteouts (its `overlay.opaque` is `x`).
-pub fn probe(dir: BorrowedFd<'_>, name: &OsStr, xwhiteouts: bool, keys: &LowerKeys) -> Result<Probe, Errno> {
+pub fn probe(
+    dir: BorrowedFd<'_>,
+    name: &OsStr,
+    xwhiteouts: bool,
+    keys: &LowerKeys,
+) -> Result<Probe, Errno> {
     match not_found_as_none(sys::path::stat_at(dir, name))? {
         Some(st) if format::is_whiteout_dev(&st) => Ok(Probe::Whiteout),
         Some(st) => {
-            if xwhiteouts && st.st_size == 0 && FileType::from_raw_mode(st.st_mode) == FileType::RegularFile && is_xattr_whiteout(dir, name, keys)? {
+            if xwhiteouts
+                && st.st_size == 0
+                && FileType::from_raw_mode(st.st_mode) == FileType::RegularFile
+                && is_xattr_whiteout(dir, name, keys)?
+            {
                 return Ok(Probe::Whiteout);
             }
             Ok(Probe::Object(st))
@@ -98,7 +117,11 @@ pub fn probe(dir: BorrowedFd<'_>, name: &OsStr, xwhiteouts: bool, keys: &LowerKe
 }
 
 /// True when the zero-size regular file `name` carries an `overlay.whiteout` xattr.
-pub fn is_xattr_whiteout(dir: BorrowedFd<'_>, name: &OsStr, keys: &LowerKeys) -> Result<bool, Errno> {
+pub fn is_xattr_whiteout(
+    dir: BorrowedFd<'_>,
+    name: &OsStr,
+    keys: &LowerKeys,
+) -> Result<bool, Errno> {
     for k in [&keys.trusted.whiteout, &keys.user.whiteout] {
         if sys::xattr::get_opt(dir, Some(name), k)?.is_some() {
             return Ok(true);
@@ -111,7 +134,11 @@ pub fn is_xattr_whiteout(dir: BorrowedFd<'_>, name: &OsStr, keys: &LowerKeys) ->
 pub fn dir_markers(dir: BorrowedFd<'_>, keys: &LowerKeys) -> Result<DirMarkers, Errno> {
     let mut m = DirMarkers::default();
     let names = sys::xattr::list(dir, None).unwrap_or_default();
-    for key in [&keys.trusted.opaque, &keys.user.opaque, &format::FUSE_OVERLAYFS_OPAQUE.to_string()] {
+    for key in [
+        &keys.trusted.opaque,
+        &keys.user.opaque,
+        &format::FUSE_OVERLAYFS_OPAQUE.to_string(),
+    ] {
         if !names.iter().any(|n| n == key) {
             continue;
         }
@@ -124,7 +151,8 @@ pub fn dir_markers(dir: BorrowedFd<'_>, keys: &LowerKeys) -> Result<DirMarkers, 
         }
     }
     if !m.opaque {
-        m.opaque = not_found_as_none(sys::path::stat_at(dir, OsStr::new(format::OPAQUE_MARKER)))?.is_some();
+        m.opaque = not_found_as_none(sys::path::stat_at(dir, OsStr::new(format::OPAQUE_MARKER)))?
+            .is_some();
     }
     Ok(m)
 }

@@ -43,8 +43,19 @@ impl Upper {
             Ok(()) | Err(Errno::EXIST) => {}
             Err(e) => return Err(e),
         }
-        let work = sys::path::open_at(wd.root.as_fd(), work_name, OFlags::RDONLY | OFlags::DIRECTORY, 0)?;
-        let up = Upper { layer, work, workdir: wd.root, keys: MarkerKeys::new(ns.overlay_prefix()), next_tmp: AtomicU64::new(0) };
+        let work = sys::path::open_at(
+            wd.root.as_fd(),
+            work_name,
+            OFlags::RDONLY | OFlags::DIRECTORY,
+            0,
+        )?;
+        let up = Upper {
+            layer,
+            work,
+            workdir: wd.root,
+            keys: MarkerKeys::new(ns.overlay_prefix()),
+            next_tmp: AtomicU64::new(0),
+        };
         up.clear_work()?;
         Ok(up)
     }
@@ -77,7 +88,13 @@ impl Upper {
     /// Moves `name` out of `dir` into the work directory and removes it there, leaving a
     /// whiteout in its place when `whiteout` is set. The name disappears (or turns into a
     /// whiteout) in one rename; the removal of its contents happens out of sight.
-    pub fn remove(&self, dir: BorrowedFd<'_>, name: &OsStr, is_dir: bool, whiteout: bool) -> Result<(), Errno> {
+    pub fn remove(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: &OsStr,
+        is_dir: bool,
+        whiteout: bool,
+    ) -> Result<(), Errno> {
         if !whiteout && !is_dir {
             return rustix::fs::unlinkat(dir, name, AtFlags::empty());
         }
@@ -89,7 +106,13 @@ impl Upper {
                 Ok(()) => {}
                 Err(Errno::INVAL) | Err(Errno::NOSYS) | Err(Errno::OPNOTSUPP) => {
                     self.make_whiteout(self.work.as_fd(), &tmp)?;
-                    if let Err(e) = rustix::fs::renameat_with(&self.work, &tmp, dir, name, RenameFlags::EXCHANGE) {
+                    if let Err(e) = rustix::fs::renameat_with(
+                        &self.work,
+                        &tmp,
+                        dir,
+                        name,
+                        RenameFlags::EXCHANGE,
+                    ) {
                         let _ = rustix::fs::unlinkat(&self.work, &tmp, AtFlags::empty());
                         return Err(e);
                     }

@@ -45,7 +45,10 @@ pub struct Handles<T> {
 
 impl<T> Default for Handles<T> {
     fn default() -> Self {
-        Handles { map: RwLock::new(HashMap::new()), next: AtomicU64::new(1) }
+        Handles {
+            map: RwLock::new(HashMap::new()),
+            next: AtomicU64::new(1),
+        }
     }
 }
 

@@ -52,13 +52,21 @@ impl Node {
 
     /// The layer holding the topmost copy.
     pub fn top_layer(&self) -> Option<usize> {
-        if self.upper { Some(0) } else { self.lowers.first().copied() }
+        if self.upper {
+            Some(0)
+        } else {
+            self.lowers.first().copied()
+        }
     }
 }
 
 /// Joins a union directory path and a name.
 pub fn child_path(dir: &Path, name: &OsStr) -> PathBuf {
-    if dir.as_os_str().is_empty() { PathBuf::from(name) } else { dir.join(name) }
+    if dir.as_os_str().is_empty() {
+        PathBuf::from(name)
+    } else {
+        dir.join(name)
+    }
 }
 
 #[derive(Default)]
@@ -75,7 +83,10 @@ impl NodeTable {
     /// when `count` is set. An existing node keeps its lookup count and gains `fresh`'s path.
     pub fn upsert(&self, fresh: Node, count: bool) -> Node {
         let mut map = self.map.write();
-        let n = map.entry(fresh.ino).or_insert_with(|| Node { lookups: 0, ..fresh.clone() });
+        let n = map.entry(fresh.ino).or_insert_with(|| Node {
+            lookups: 0,
+            ..fresh.clone()
+        });
         let path = fresh.paths[0].clone();
         n.kind = fresh.kind;
         n.upper = fresh.upper;
@@ -125,7 +136,11 @@ impl NodeTable {
         for n in self.map.write().values_mut() {
             for p in n.paths.iter_mut() {
                 if let Ok(rest) = p.strip_prefix(from) {
-                    *p = if rest.as_os_str().is_empty() { to.to_path_buf() } else { to.join(rest) };
+                    *p = if rest.as_os_str().is_empty() {
+                        to.to_path_buf()
+                    } else {
+                        to.join(rest)
+                    };
                 }
             }
         }

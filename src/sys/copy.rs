@@ -28,7 +28,9 @@ pub fn copy_data(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, len: u64) -> Result<(
         if start >= len {
             break;
         }
-        let end = rustix::fs::seek(src, SeekFrom::Hole(start)).unwrap_or(len).min(len);
+        let end = rustix::fs::seek(src, SeekFrom::Hole(start))
+            .unwrap_or(len)
+            .min(len);
         copy_range(src, dst, start, end)?;
         pos = end;
     }
@@ -53,7 +55,12 @@ fn copy_range(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, start: u64, end: u64) ->
     Ok(())
 }
 
-fn copy_loop(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, mut off: u64, end: u64) -> Result<(), Errno> {
+fn copy_loop(
+    src: BorrowedFd<'_>,
+    dst: BorrowedFd<'_>,
+    mut off: u64,
+    end: u64,
+) -> Result<(), Errno> {
     let mut buf = vec![0u8; CHUNK];
     while off < end {
         let want = ((end - off) as usize).min(CHUNK);

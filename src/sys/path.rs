@@ -22,7 +22,11 @@ const RESOLVE: ResolveFlags = ResolveFlags::BENEATH
 /// Errors: ENOENT/ENOTDIR when it is absent or not a directory in this layer, EXDEV/ELOOP
 /// when resolution would leave the root or cross a symlink.
 pub fn open_dir_beneath(root: BorrowedFd<'_>, rel: &Path) -> Result<OwnedFd, Errno> {
-    let rel: &Path = if rel.as_os_str().is_empty() { Path::new(".") } else { rel };
+    let rel: &Path = if rel.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        rel
+    };
     // O_NOATIME: listing a lower directory must not change it. It needs ownership or
     // CAP_FOWNER, so fall back to a plain open when refused.
     let open = |extra: OFlags| {
@@ -43,7 +47,12 @@ pub fn open_dir_beneath(root: BorrowedFd<'_>, rel: &Path) -> Result<OwnedFd, Err
 }
 
 /// Opens the object `name` inside `dir` with `flags` (never following a final symlink).
-pub fn open_at(dir: BorrowedFd<'_>, name: &OsStr, flags: OFlags, mode: u32) -> Result<OwnedFd, Errno> {
+pub fn open_at(
+    dir: BorrowedFd<'_>,
+    name: &OsStr,
+    flags: OFlags,
+    mode: u32,
+) -> Result<OwnedFd, Errno> {
     check_name(name)?;
     retry_eagain(|| {
         rustix::fs::openat2(

@@ -11,8 +11,8 @@ use std::path::PathBuf;
 
 use rustix::fs::XattrFlags;
 
-use super::path::check_name;
 use super::Errno;
+use super::path::check_name;
 
 /// `/proc/self/fd/<dir>/<name>`; without a name the caller uses the fd itself (an `l*` call on
 /// the bare magic link would act on the link, not the directory).
@@ -46,10 +46,16 @@ pub fn get(dir: BorrowedFd<'_>, name: Option<&OsStr>, key: &str) -> Result<Vec<u
 }
 
 /// Like `get`, but `Ok(None)` when the xattr is absent or the filesystem has no xattrs.
-pub fn get_opt(dir: BorrowedFd<'_>, name: Option<&OsStr>, key: &str) -> Result<Option<Vec<u8>>, Errno> {
+pub fn get_opt(
+    dir: BorrowedFd<'_>,
+    name: Option<&OsStr>,
+    key: &str,
+) -> Result<Option<Vec<u8>>, Errno> {
     match get(dir, name, key) {
         Ok(v) => Ok(Some(v)),
-        Err(Errno::NODATA) | Err(Errno::OPNOTSUPP) | Err(Errno::PERM) | Err(Errno::ACCESS) => Ok(None),
+        Err(Errno::NODATA) | Err(Errno::OPNOTSUPP) | Err(Errno::PERM) | Err(Errno::ACCESS) => {
+            Ok(None)
+        }
         Err(e) => Err(e),
     }
 }
@@ -78,7 +84,13 @@ pub fn list(dir: BorrowedFd<'_>, name: Option<&OsStr>) -> Result<Vec<String>, Er
 }
 
 /// Sets xattr `key`; `flags` are XATTR_CREATE / XATTR_REPLACE as given by the caller.
-pub fn set(dir: BorrowedFd<'_>, name: Option<&OsStr>, key: &str, value: &[u8], flags: XattrFlags) -> Result<(), Errno> {
+pub fn set(
+    dir: BorrowedFd<'_>,
+    name: Option<&OsStr>,
+    key: &str,
+    value: &[u8],
+    flags: XattrFlags,
+) -> Result<(), Errno> {
     match name {
         Some(_) => rustix::fs::lsetxattr(proc_path(dir, name)?, key, value, flags),
         None => rustix::fs::fsetxattr(dir, key, value, flags),

@@ -37,10 +37,38 @@ const UTIME_OMIT: i64 = (1 << 30) - 2;
 
 fn timespec(t: Option<SetTime>) -> Timespec {
     match t {
-        None => Timespec { tv_sec: 0, tv_nsec: UTIME_OMIT },
-        Some(SetTime::Now) => Timespec { tv_sec: 0, tv_nsec: UTIME_NOW },
+        None => Timespec {
+            tv_sec: 0,
+            tv_nsec: UTIME_OMIT,
+        },
+        Some(SetTime::Now) => Timespec {
+            tv_sec: 0,
+            tv_nsec: UTIME_NOW,
+        },
         Some(SetTime::At(ts)) => ts,
     }
+}
+
+/// Applies owner, mode and time changes of `set` to an open fd.
+fn apply_fd(fd: std::os::fd::BorrowedFd<'_>, set: &SetAttr) -> Result<(), Errno> {
+    if set.uid.is_some() || set.gid.is_some() {
+        rustix::fs::fchown(
+            fd,
+            set.uid.map(rustix::fs::Uid::from_raw),
+            set.gid.map(rustix::fs::Gid::from_raw),
+        )?;
+    }
+    if let Some(mode) = set.mode {
+        rustix::fs::fchmod(fd, Mode::from_raw_mode(mode & 0o7777))?;
+    }
+    if set.atime.is_some() || set.mtime.is_some() {
+        let ts = Timestamps {
+            last_access: timespec(set.atime),
+            last_modification: timespec(set.mtime),
+        };
+        rustix::fs::futimens(fd, &ts)?;
+    }
+    Ok(())
 }
 
 impl Union {
@@ -77,7 +105,9 @@ impl Union {
                 return Err(Errno::ISDIR);
             }
             match set.fh.and_then(|fh| self.files.get(fh)) {
-                Some(h) if h.on_upper.load(std::sync::atomic::Ordering::Acquire) => rustix::fs::ftruncate(&*h.fd.read(), size)?,
+                Some(h) if h.on_upper.load(std::sync::atomic::Ordering::Acquire) => {
+                    rustix::fs::ftruncate(&*h.fd.read(), size)?
+                }
                 _ => {
                     let (dir, name) = self.open_parent(0, node.path().ok_or(Errno::NOENT)?)?;
                     let fd = sys::path::open_at(dir.as_fd(), name, OFlags::WRONLY, 0)?;
@@ -85,36 +115,39 @@ impl Union {
                 }
             }
         }
-        if node.path().is_some() {
-            let path = node.path().ok_or(Errno::NOENT)?.to_path_buf();
-            let (dir, name) = self.open_parent(0, &path)?;
-            if set.uid.is_some() || set.gid.is_some() {
-                let uid = set.uid.map(rustix::fs::Uid::from_raw);
-                let gid = set.gid.map(rustix::fs::Gid::from_raw);
-                rustix::fs::chownat(&dir, name, uid, gid, AtFlags::SYMLINK_NOFOLLOW)?;
-            }
-            if let Some(mode) = set.mode {
-                if node.kind == FileType::Symlink {
-                    return Err(Errno::OPNOTSUPP);
+        match node.path() {
+            // The root has no parent to act through: change the upper root itself.
+            Some(p) if p.as_os_str().is_empty() => apply_fd(self.layers[0].root.as_fd(), set)?,
+            Some(path) => {
+                let (dir, name) = self.open_parent(0, path)?;
+                if set.uid.is_some() || set.gid.is_some() {
+                    let uid = set.uid.map(rustix::fs::Uid::from_raw);
+                    let gid = set.gid.map(rustix::fs::Gid::from_raw);
+                    rustix::fs::chownat(&dir, name, uid, gid, AtFlags::SYMLINK_NOFOLLOW)?;
                 }
-                rustix::fs::chmodat(&dir, name, Mode::from_raw_mode(mode & 0o7777), AtFlags::empty())?;
+                if let Some(mode) = set.mode {
+                    if node.kind == FileType::Symlink {
+                        return Err(Errno::OPNOTSUPP);
+                    }
+                    rustix::fs::chmodat(
+                        &dir,
+                        name,
+                        Mode::from_raw_mode(mode & 0o7777),
+                        AtFlags::empty(),
+                    )?;
+                }
+                if set.atime.is_some() || set.mtime.is_some() {
+                    let ts = Timestamps {
+                        last_access: timespec(set.atime),
+                        last_modification: timespec(set.mtime),
+                    };
+                    rustix::fs::utimensat(&dir, name, &ts, AtFlags::SYMLINK_NOFOLLOW)?;
+                }
             }
-            if set.atime.is_some() || set.mtime.is_some() {
-                let ts = Timestamps { last_access: timespec(set.atime), last_modification: timespec(set.mtime) };
-                rustix::fs::utimensat(&dir, name, &ts, AtFlags::SYMLINK_NOFOLLOW)?;
-            }
-        } else if let Some(h) = self.files.find(|h| h.ino == node.ino) {
             // Unlinked but open: change what the handle points at.
-            let fd = h.fd.read();
-            if set.uid.is_some() || set.gid.is_some() {
-                rustix::fs::fchown(&*fd, set.uid.map(rustix::fs::Uid::from_raw), set.gid.map(rustix::fs::Gid::from_raw))?;
-            }
-            if let Some(mode) = set.mode {
-                rustix::fs::fchmod(&*fd, Mode::from_raw_mode(mode & 0o7777))?;
-            }
-            if set.atime.is_some() || set.mtime.is_some() {
-                let ts = Timestamps { last_access: timespec(set.atime), last_modification: timespec(set.mtime) };
-                rustix::fs::futimens(&*fd, &ts)?;
+            None => {
+                let h = self.files.find(|h| h.ino == node.ino).ok_or(Errno::NOENT)?;
+                apply_fd(h.fd.read().as_fd(), set)?;
             }
         }
         self.attr_of(&node)
@@ -128,7 +161,10 @@ impl Union {
         if node.kind != FileType::Symlink {
             return Err(Errno::INVAL);
         }
-        let (layer, path) = (node.top_layer().ok_or(Errno::NOENT)?, node.path().ok_or(Errno::NOENT)?);
+        let (layer, path) = (
+            node.top_layer().ok_or(Errno::NOENT)?,
+            node.path().ok_or(Errno::NOENT)?,
+        );
         let (dir, name) = self.open_parent(layer, path)?;
         Ok(rustix::fs::readlinkat(&dir, name, Vec::new())?.into_bytes())
     }
@@ -180,7 +216,9 @@ impl Union {
         }
         let node = self.copy_up(&self.node(ino)?, true)?;
         let flags = XattrFlags::from_bits(flags).ok_or(Errno::INVAL)?;
-        self.with_top(&node, |dir, name| sys::xattr::set(dir, name, key, value, flags))
+        self.with_top(&node, |dir, name| {
+            sys::xattr::set(dir, name, key, value, flags)
+        })
     }
 
     /// Removes xattr `key` after copying the object up.
@@ -200,7 +238,11 @@ impl Union {
 
     /// Runs `f` on the topmost copy of `node` as (directory fd, name); the root is the layer
     /// root itself (name `None`).
-    fn with_top<T>(&self, node: &Node, f: impl FnOnce(std::os::fd::BorrowedFd<'_>, Option<&OsStr>) -> Result<T, Errno>) -> Result<T, Errno> {
+    fn with_top<T>(
+        &self,
+        node: &Node,
+        f: impl FnOnce(std::os::fd::BorrowedFd<'_>, Option<&OsStr>) -> Result<T, Errno>,
+    ) -> Result<T, Errno> {
         let layer = node.top_layer().ok_or(Errno::NOENT)?;
         let path = node.path().ok_or(Errno::NOENT)?;
         if path.as_os_str().is_empty() {

@@ -66,7 +66,10 @@ impl Union {
                 child
             } else {
                 self.copy_one(&child, &child_path, true)?;
-                Node { upper: true, ..child }
+                Node {
+                    upper: true,
+                    ..child
+                }
             };
         }
         Ok(())
@@ -81,7 +84,9 @@ impl Union {
         let (dst_dir, _) = self.open_parent(0, path)?;
         let tmp = up.tmp_name();
         let staged = self.stage_copy(src_dir.as_fd(), name, &src, &tmp, data);
-        let placed = staged.and_then(|()| rustix::fs::renameat_with(&up.work, &tmp, &dst_dir, name, RenameFlags::NOREPLACE));
+        let placed = staged.and_then(|()| {
+            rustix::fs::renameat_with(&up.work, &tmp, &dst_dir, name, RenameFlags::NOREPLACE)
+        });
         if let Err(e) = placed {
             let _ = remove_tree(up.work.as_fd(), &tmp);
             return Err(e);
@@ -106,13 +111,25 @@ impl Union {
 
     /// Builds a complete copy of `name` (in `src_dir`, described by `st`) as `tmp` in the
     /// work directory.
-    fn stage_copy(&self, src_dir: BorrowedFd<'_>, name: &OsStr, st: &Stat, tmp: &OsStr, data: bool) -> Result<(), Errno> {
+    fn stage_copy(
+        &self,
+        src_dir: BorrowedFd<'_>,
+        name: &OsStr,
+        st: &Stat,
+        tmp: &OsStr,
+        data: bool,
+    ) -> Result<(), Errno> {
         let work = self.upper()?.work.as_fd();
         let kind = FileType::from_raw_mode(st.st_mode);
         let mode = Mode::from_raw_mode(st.st_mode & 0o7777);
         let file: Option<OwnedFd> = match kind {
             FileType::RegularFile => {
-                let dst = sys::path::open_at(work, tmp, OFlags::RDWR | OFlags::CREATE | OFlags::EXCL, 0o600)?;
+                let dst = sys::path::open_at(
+                    work,
+                    tmp,
+                    OFlags::RDWR | OFlags::CREATE | OFlags::EXCL,
+                    0o600,
+                )?;
                 if data && st.st_size > 0 {
                     let src = sys::path::open_noatime(src_dir, name, OFlags::RDONLY)?;
                     sys::copy::copy_data(src.as_fd(), dst.as_fd(), st.st_size as u64)?;
@@ -142,8 +159,14 @@ impl Union {
             rustix::fs::chmodat(work, tmp, mode, AtFlags::empty())?;
         }
         let times = Timestamps {
-            last_access: rustix::fs::Timespec { tv_sec: st.st_atime, tv_nsec: st.st_atime_nsec as _ },
-            last_modification: rustix::fs::Timespec { tv_sec: st.st_mtime, tv_nsec: st.st_mtime_nsec as _ },
+            last_access: rustix::fs::Timespec {
+                tv_sec: st.st_atime,
+                tv_nsec: st.st_atime_nsec as _,
+            },
+            last_modification: rustix::fs::Timespec {
+                tv_sec: st.st_mtime,
+                tv_nsec: st.st_mtime_nsec as _,
+            },
         };
         rustix::fs::utimensat(work, tmp, &times, AtFlags::SYMLINK_NOFOLLOW)?;
         if let Some(f) = file.filter(|_| data && st.st_size > 0) {
@@ -156,12 +179,19 @@ impl Union {
 /// Copies the xattrs of `name` in `src_dir` to `tmp` in `dst_dir`, leaving out private ones.
 /// A namespace the upper refuses (e.g. `user.*` on a symlink) is skipped, as the kernel does
 /// for xattrs it cannot copy.
-fn copy_xattrs(src_dir: BorrowedFd<'_>, name: &OsStr, dst_dir: BorrowedFd<'_>, tmp: &OsStr) -> Result<(), Errno> {
+fn copy_xattrs(
+    src_dir: BorrowedFd<'_>,
+    name: &OsStr,
+    dst_dir: BorrowedFd<'_>,
+    tmp: &OsStr,
+) -> Result<(), Errno> {
     for key in sys::xattr::list(src_dir, Some(name))? {
         if !is_copied_xattr(&key) {
             continue;
         }
-        let Some(value) = sys::xattr::get_opt(src_dir, Some(name), &key)? else { continue };
+        let Some(value) = sys::xattr::get_opt(src_dir, Some(name), &key)? else {
+            continue;
+        };
         match sys::xattr::set(dst_dir, Some(tmp), &key, &value, XattrFlags::empty()) {
             Ok(()) => {}
             Err(e) if sys::is_unsupported(e) => log::debug!("copy-up: xattr {key} not copied: {e}"),

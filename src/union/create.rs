@@ -29,13 +29,26 @@ pub enum NewObject<'a> {
 impl Union {
     /// mknod(2): a FIFO, socket, device node (or empty regular file) `name` in `parent`.
     ///
-    /// Errors: EEXIST, EROFS, ENOENT/ENOTDIR (parent), EPERM (devices without privilege),
-    /// EINVAL (a name that is not one component, or a `.wh.*` marker name).
-    pub fn mknod(&self, ctx: &Ctx, parent: u64, name: &OsStr, mode: u32, rdev: u64) -> Result<Attr, Errno> {
+    /// Errors: EEXIST, EROFS, ENOENT/ENOTDIR (parent), EPERM (devices without privilege, or
+    /// a char device 0/0, which would be a whiteout), EINVAL (a name that is not one
+    /// component, or a `.wh.*` marker name).
+    pub fn mknod(
+        &self,
+        ctx: &Ctx,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        rdev: u64,
+    ) -> Result<Attr, Errno> {
         let kind = FileType::from_raw_mode(mode);
         let spec = match kind {
             FileType::RegularFile => NewObject::File(OFlags::WRONLY),
-            FileType::Fifo | FileType::Socket | FileType::CharacterDevice | FileType::BlockDevice => NewObject::Special(kind, rdev),
+            // A char device 0/0 is a whiteout in the upper: refused like the kernel does.
+            FileType::CharacterDevice if rdev == 0 => return Err(Errno::PERM),
+            FileType::Fifo
+            | FileType::Socket
+            | FileType::CharacterDevice
+            | FileType::BlockDevice => NewObject::Special(kind, rdev),
             _ => return Err(Errno::INVAL),
         };
         Ok(self.create_object(ctx, parent, name, mode, spec)?.0)
@@ -43,18 +56,36 @@ impl Union {
 
     /// mkdir(2). Errors as `mknod`.
     pub fn mkdir(&self, ctx: &Ctx, parent: u64, name: &OsStr, mode: u32) -> Result<Attr, Errno> {
-        Ok(self.create_object(ctx, parent, name, mode | 0o040000, NewObject::Dir)?.0)
+        Ok(self
+            .create_object(ctx, parent, name, mode | 0o040000, NewObject::Dir)?
+            .0)
     }
 
     /// symlink(2): `name` in `parent` pointing at `target`. Errors as `mknod`.
-    pub fn symlink(&self, ctx: &Ctx, parent: u64, name: &OsStr, target: &OsStr) -> Result<Attr, Errno> {
-        Ok(self.create_object(ctx, parent, name, 0o120777, NewObject::Symlink(target))?.0)
+    pub fn symlink(
+        &self,
+        ctx: &Ctx,
+        parent: u64,
+        name: &OsStr,
+        target: &OsStr,
+    ) -> Result<Attr, Errno> {
+        Ok(self
+            .create_object(ctx, parent, name, 0o120777, NewObject::Symlink(target))?
+            .0)
     }
 
     /// open(2) with O_CREAT|O_EXCL semantics: creates `name` and opens it with `flags`.
     /// Errors as `mknod`.
-    pub fn create(&self, ctx: &Ctx, parent: u64, name: &OsStr, mode: u32, flags: OFlags) -> Result<(Attr, u64), Errno> {
-        let (attr, fd) = self.create_object(ctx, parent, name, mode | 0o100000, NewObject::File(flags))?;
+    pub fn create(
+        &self,
+        ctx: &Ctx,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        flags: OFlags,
+    ) -> Result<(Attr, u64), Errno> {
+        let (attr, fd) =
+            self.create_object(ctx, parent, name, mode | 0o100000, NewObject::File(flags))?;
         let fd = fd.ok_or(Errno::IO)?;
         Ok((attr, self.new_file_handle(attr.ino, fd, flags, true)))
     }
@@ -68,21 +99,56 @@ impl Union {
             return Err(Errno::PERM);
         }
         let _ns = self.ns.write();
+        // Refuse a bad or taken name before copying anything up.
+        sys::path::check_name(newname)?;
+        if format::is_marker_name(newname) {
+            return Err(Errno::INVAL);
+        }
+        if self
+            .resolve_child(&self.node(newparent)?, newname)?
+            .is_some()
+        {
+            return Err(Errno::EXIST);
+        }
         let node = self.copy_up_locked(ino, true)?;
         let path = node.path().ok_or(Errno::NOENT)?.to_path_buf();
         let (src_dir, src_name) = self.open_parent(0, &path)?;
-        let ctx = Ctx { uid: 0, gid: 0, umask: 0 };
-        let r = self.create_locked(&ctx, newparent, newname, 0, NewObject::Link(src_dir.as_fd(), src_name));
+        let ctx = Ctx {
+            uid: 0,
+            gid: 0,
+            umask: 0,
+        };
+        let r = self.create_locked(
+            &ctx,
+            newparent,
+            newname,
+            0,
+            NewObject::Link(src_dir.as_fd(), src_name),
+        );
         Ok(r?.0)
     }
 
-    fn create_object(&self, ctx: &Ctx, parent: u64, name: &OsStr, mode: u32, spec: NewObject<'_>) -> Result<(Attr, Option<OwnedFd>), Errno> {
+    fn create_object(
+        &self,
+        ctx: &Ctx,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        spec: NewObject<'_>,
+    ) -> Result<(Attr, Option<OwnedFd>), Errno> {
         let _ns = self.ns.write();
         self.create_locked(ctx, parent, name, mode, spec)
     }
 
     /// Creates `name` in `parent` (caller holds `ns` for writing) and counts one reference.
-    fn create_locked(&self, ctx: &Ctx, parent: u64, name: &OsStr, mode: u32, spec: NewObject<'_>) -> Result<(Attr, Option<OwnedFd>), Errno> {
+    fn create_locked(
+        &self,
+        ctx: &Ctx,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        spec: NewObject<'_>,
+    ) -> Result<(Attr, Option<OwnedFd>), Errno> {
         sys::path::check_name(name)?;
         if format::is_marker_name(name) {
             // A `.wh.*` name in the upper would be read as a marker by us and by other tools.
@@ -107,16 +173,34 @@ impl Union {
         if setgid && matches!(spec, NewObject::Dir) {
             perm |= 0o2000;
         }
-        let over_whiteout = match sys::not_found_as_none(sys::path::stat_at(dir.as_fd(), name))? {
+        let mut over_whiteout = match sys::not_found_as_none(sys::path::stat_at(dir.as_fd(), name))?
+        {
             None => false,
             Some(st) if format::is_whiteout_dev(&st) => true,
             // Something hidden in the upper under a visible-nothing name (e.g. an xattr
             // whiteout): replace it like a whiteout.
             Some(_) => true,
         };
+        if !over_whiteout {
+            // An AUFS-format whiteout `.wh.NAME` in the upper (written by another tool) hides
+            // the name too: turn it into a kernel whiteout first, so the name never shows what
+            // is below, and replace that like any whiteout (a directory becomes opaque).
+            let aufs = format::aufs_whiteout_name(name);
+            if aufs.len() <= 255
+                && sys::not_found_as_none(sys::path::stat_at(dir.as_fd(), &aufs))?.is_some()
+            {
+                up.make_whiteout(dir.as_fd(), name)?;
+                rustix::fs::unlinkat(&dir, &aufs, AtFlags::empty())?;
+                over_whiteout = true;
+            }
+        }
         let is_link = matches!(spec, NewObject::Link(..));
         let is_dir = matches!(spec, NewObject::Dir);
-        let (target_dir, target_name) = if over_whiteout { (up.work.as_fd(), up.tmp_name()) } else { (dir.as_fd(), name.to_os_string()) };
+        let (target_dir, target_name) = if over_whiteout {
+            (up.work.as_fd(), up.tmp_name())
+        } else {
+            (dir.as_fd(), name.to_os_string())
+        };
         // Nothing exists under `target_name` if `make` fails, so only a made object is removed.
         let fd = make(target_dir, &target_name, &spec)?;
         if !is_link && let Err(e) = own(target_dir, &target_name, ctx.uid, gid, perm, &spec) {
@@ -126,7 +210,15 @@ impl Union {
         if over_whiteout {
             let swapped = if is_dir {
                 up.set_opaque(up.work.as_fd(), Some(&target_name))
-                    .and_then(|()| rustix::fs::renameat_with(&up.work, &target_name, &dir, name, RenameFlags::EXCHANGE))
+                    .and_then(|()| {
+                        rustix::fs::renameat_with(
+                            &up.work,
+                            &target_name,
+                            &dir,
+                            name,
+                            RenameFlags::EXCHANGE,
+                        )
+                    })
             } else {
                 rustix::fs::renameat_with(&up.work, &target_name, &dir, name, RenameFlags::empty())
             };
@@ -145,18 +237,37 @@ fn make(dir: BorrowedFd<'_>, name: &OsStr, spec: &NewObject<'_>) -> Result<Optio
     match *spec {
         NewObject::Dir => rustix::fs::mkdirat(dir, name, Mode::from_raw_mode(0o700)).map(|()| None),
         NewObject::File(flags) => {
-            let flags = (flags & !(OFlags::TRUNC | OFlags::CREATE | OFlags::EXCL)) | OFlags::CREATE | OFlags::EXCL;
+            let flags = (flags & !(OFlags::TRUNC | OFlags::CREATE | OFlags::EXCL))
+                | OFlags::CREATE
+                | OFlags::EXCL;
             sys::path::open_at(dir, name, flags, 0o600).map(Some)
         }
         NewObject::Symlink(target) => rustix::fs::symlinkat(target, dir, name).map(|()| None),
-        NewObject::Special(kind, rdev) => rustix::fs::mknodat(dir, name, kind, Mode::from_raw_mode(0o600), rdev).map(|()| None),
-        NewObject::Link(src_dir, src_name) => rustix::fs::linkat(src_dir, src_name, dir, name, AtFlags::empty()).map(|()| None),
+        NewObject::Special(kind, rdev) => {
+            rustix::fs::mknodat(dir, name, kind, Mode::from_raw_mode(0o600), rdev).map(|()| None)
+        }
+        NewObject::Link(src_dir, src_name) => {
+            rustix::fs::linkat(src_dir, src_name, dir, name, AtFlags::empty()).map(|()| None)
+        }
     }
 }
 
 /// Gives the new object its owner and mode (chown first: it would clear setgid).
-fn own(dir: BorrowedFd<'_>, name: &OsStr, uid: u32, gid: u32, perm: u32, spec: &NewObject<'_>) -> Result<(), Errno> {
-    rustix::fs::chownat(dir, name, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)), AtFlags::SYMLINK_NOFOLLOW)?;
+fn own(
+    dir: BorrowedFd<'_>,
+    name: &OsStr,
+    uid: u32,
+    gid: u32,
+    perm: u32,
+    spec: &NewObject<'_>,
+) -> Result<(), Errno> {
+    rustix::fs::chownat(
+        dir,
+        name,
+        Some(Uid::from_raw(uid)),
+        Some(Gid::from_raw(gid)),
+        AtFlags::SYMLINK_NOFOLLOW,
+    )?;
     if !matches!(spec, NewObject::Symlink(_)) {
         rustix::fs::chmodat(dir, name, Mode::from_raw_mode(perm), AtFlags::empty())?;
     }

@@ -33,7 +33,11 @@ impl Union {
             return Err(Errno::ISDIR);
         }
         let flags = open_flags(flags);
-        let node = if wants_write(flags) { self.copy_up(&node, !flags.contains(OFlags::TRUNC))? } else { node };
+        let node = if wants_write(flags) {
+            self.copy_up(&node, !flags.contains(OFlags::TRUNC))?
+        } else {
+            node
+        };
         let layer = node.top_layer().ok_or(Errno::NOENT)?;
         let path = node.path().ok_or(Errno::NOENT)?;
         let (dir, name) = self.open_parent(layer, path)?;
@@ -45,8 +49,19 @@ impl Union {
         Ok(self.new_file_handle(ino, fd, flags, layer == 0 && self.upper.is_some()))
     }
 
-    pub(crate) fn new_file_handle(&self, ino: u64, fd: OwnedFd, flags: OFlags, on_upper: bool) -> u64 {
-        self.files.insert(FileHandle { ino, fd: parking_lot::RwLock::new(fd), on_upper: on_upper.into(), flags })
+    pub(crate) fn new_file_handle(
+        &self,
+        ino: u64,
+        fd: OwnedFd,
+        flags: OFlags,
+        on_upper: bool,
+    ) -> u64 {
+        self.files.insert(FileHandle {
+            ino,
+            fd: parking_lot::RwLock::new(fd),
+            on_upper: on_upper.into(),
+            flags,
+        })
     }
 
     fn handle(&self, fh: u64) -> Result<std::sync::Arc<FileHandle>, Errno> {
@@ -59,11 +74,15 @@ impl Union {
 
     /// Reopens a lower handle on the upper copy once its node was copied up.
     fn follow_copy_up(&self, h: &FileHandle) -> Result<(), Errno> {
-        let Some(node) = self.nodes.get(h.ino) else { return Ok(()) };
+        let Some(node) = self.nodes.get(h.ino) else {
+            return Ok(());
+        };
         if !node.upper || self.upper.is_none() {
             return Ok(());
         }
-        let Some(path) = node.path() else { return Ok(()) };
+        let Some(path) = node.path() else {
+            return Ok(());
+        };
         let (dir, name) = self.open_parent(0, path)?;
         let fd = sys::path::open_at(dir.as_fd(), name, h.flags & !OFlags::TRUNC, 0)?;
         *h.fd.write() = fd;
@@ -114,7 +133,11 @@ impl Union {
     pub fn fsync(&self, fh: u64, datasync: bool) -> Result<(), Errno> {
         let h = self.handle(fh)?;
         let fd = h.fd.read();
-        if datasync { rustix::fs::fdatasync(&*fd) } else { rustix::fs::fsync(&*fd) }
+        if datasync {
+            rustix::fs::fdatasync(&*fd)
+        } else {
+            rustix::fs::fsync(&*fd)
+        }
     }
 
     /// fsync of a directory: syncs its upper copy, if any.

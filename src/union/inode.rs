@@ -37,7 +37,10 @@ pub struct InoPolicy {
 
 impl InoPolicy {
     pub fn new() -> InoPolicy {
-        InoPolicy { next_alloc: AtomicU64::new(ALLOC_BASE), ..Default::default() }
+        InoPolicy {
+            next_alloc: AtomicU64::new(ALLOC_BASE),
+            ..Default::default()
+        }
     }
 
     /// The union inode number of the backing object `id`.
@@ -52,7 +55,9 @@ impl InoPolicy {
         }
         // Too large to pack: give it a number of its own, remembered for the mount's life.
         let mut alias = self.alias.write();
-        *alias.entry(id).or_insert_with(|| self.next_alloc.fetch_add(1, Ordering::Relaxed))
+        *alias
+            .entry(id)
+            .or_insert_with(|| self.next_alloc.fetch_add(1, Ordering::Relaxed))
     }
 
     /// Records that the upper object `upper` (made by copy-up) shows as `ino`.

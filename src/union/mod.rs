@@ -44,7 +44,11 @@ pub struct Ctx {
 impl Ctx {
     /// The credentials of this process (for in-process use and tests).
     pub fn current() -> Ctx {
-        Ctx { uid: rustix::process::geteuid().as_raw(), gid: rustix::process::getegid().as_raw(), umask: 0o022 }
+        Ctx {
+            uid: rustix::process::geteuid().as_raw(),
+            gid: rustix::process::getegid().as_raw(),
+            umask: 0o022,
+        }
     }
 }
 
@@ -81,7 +85,10 @@ impl Union {
         };
         let mut layers = Vec::new();
         if let Some(u) = &upper {
-            layers.push(Layer { path: u.layer.path.clone(), root: rustix::io::dup(&u.layer.root)? });
+            layers.push(Layer {
+                path: u.layer.path.clone(),
+                root: rustix::io::dup(&u.layer.root)?,
+            });
         }
         for l in &cfg.lowers {
             layers.push(Layer::open(l)?);
@@ -168,7 +175,8 @@ impl Union {
         // every lower.
         for i in self.lower_start()..self.layers.len() {
             node.lowers.push(i);
-            if crate::layer::dir_markers(self.layers[i].root.as_fd(), &self.lower_keys)?.xwhiteouts {
+            if crate::layer::dir_markers(self.layers[i].root.as_fd(), &self.lower_keys)?.xwhiteouts
+            {
                 node.xwhiteouts.push(i);
             }
         }

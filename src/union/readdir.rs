@@ -30,7 +30,10 @@ impl Union {
         if !node.is_dir() {
             return Err(Errno::NOTDIR);
         }
-        Ok(self.dirs.insert(DirHandle { ino, entries: Mutex::new(None) }))
+        Ok(self.dirs.insert(DirHandle {
+            ino,
+            entries: Mutex::new(None),
+        }))
     }
 
     /// The entries of handle `fh` from `offset` on (`.` and `..` included), with the offset of
@@ -43,8 +46,16 @@ impl Union {
         if offset == 0 || cached.is_none() {
             let node = self.node(h.ino)?;
             let mut list = vec![
-                DirEntry { name: ".".into(), ino: node.ino, kind: FileType::Directory },
-                DirEntry { name: "..".into(), ino: self.parent_ino(&node), kind: FileType::Directory },
+                DirEntry {
+                    name: ".".into(),
+                    ino: node.ino,
+                    kind: FileType::Directory,
+                },
+                DirEntry {
+                    name: "..".into(),
+                    ino: self.parent_ino(&node),
+                    kind: FileType::Directory,
+                },
             ];
             let _ns = self.ns.read();
             list.extend(self.merged_entries(&node)?);
@@ -61,15 +72,22 @@ impl Union {
     /// The inode number of the parent of directory `node` (the root is its own parent).
     fn parent_ino(&self, node: &Node) -> u64 {
         let parent = node.path().and_then(|p| p.parent());
-        let Some(parent) = parent else { return node.ino };
-        self.resolve_path(parent).map(|n| n.ino).unwrap_or(super::inode::ROOT)
+        let Some(parent) = parent else {
+            return node.ino;
+        };
+        self.resolve_path(parent)
+            .map(|n| n.ino)
+            .unwrap_or(super::inode::ROOT)
     }
 
     /// Resolves a union path from the root without counting references.
     pub(crate) fn resolve_path(&self, path: &std::path::Path) -> Result<Node, Errno> {
         let mut cur = self.node(super::inode::ROOT)?;
         for comp in path.components() {
-            cur = self.resolve_child(&cur, comp.as_os_str())?.ok_or(Errno::NOENT)?.node;
+            cur = self
+                .resolve_child(&cur, comp.as_os_str())?
+                .ok_or(Errno::NOENT)?
+                .node;
         }
         Ok(cur)
     }
@@ -81,7 +99,9 @@ impl Union {
         let mut seen: HashSet<OsString> = HashSet::new();
         let mut whited: HashSet<OsString> = HashSet::new();
         for (layer, xwh) in self.search_layers(dir) {
-            let Some(fd) = self.layers[layer].open_dir_opt(path)? else { continue };
+            let Some(fd) = self.layers[layer].open_dir_opt(path)? else {
+                continue;
+            };
             let dev = sys::path::fstat(&fd)?.st_dev;
             let list = rustix::io::dup(&fd)?;
             let mut layer_whiteouts = Vec::new();
@@ -96,10 +116,20 @@ impl Union {
                     continue;
                 }
                 // d_type may be unknown on some filesystems; stat then.
-                let needs_stat = e.kind == FileType::CharacterDevice || e.kind == FileType::Unknown || (xwh && e.kind == FileType::RegularFile);
+                let needs_stat = e.kind == FileType::CharacterDevice
+                    || e.kind == FileType::Unknown
+                    || (xwh && e.kind == FileType::RegularFile);
                 let (kind, dev) = if needs_stat {
-                    let Some(st) = sys::not_found_as_none(sys::path::stat_at(fd.as_fd(), &e.name))? else { continue };
-                    if format::is_whiteout_dev(&st) || (xwh && st.st_size == 0 && FileType::from_raw_mode(st.st_mode) == FileType::RegularFile && layer::is_xattr_whiteout(fd.as_fd(), &e.name, &self.lower_keys)?) {
+                    let Some(st) = sys::not_found_as_none(sys::path::stat_at(fd.as_fd(), &e.name))?
+                    else {
+                        continue;
+                    };
+                    if format::is_whiteout_dev(&st)
+                        || (xwh
+                            && st.st_size == 0
+                            && FileType::from_raw_mode(st.st_mode) == FileType::RegularFile
+                            && layer::is_xattr_whiteout(fd.as_fd(), &e.name, &self.lower_keys)?)
+                    {
                         layer_whiteouts.push(e.name.clone());
                         continue;
                     }
@@ -108,7 +138,11 @@ impl Union {
                     (e.kind, dev)
                 };
                 seen.insert(e.name.clone());
-                out.push(DirEntry { ino: self.inos.of((dev, e.ino)), name: e.name, kind });
+                out.push(DirEntry {
+                    ino: self.inos.of((dev, e.ino)),
+                    name: e.name,
+                    kind,
+                });
             }
             whited.extend(layer_whiteouts);
         }

@@ -10,7 +10,7 @@
 use std::ffi::OsStr;
 use std::os::fd::AsFd;
 
-use rustix::fs::{RenameFlags as SysRename, FileType};
+use rustix::fs::{FileType, RenameFlags as SysRename};
 
 use super::{Ctx, Union};
 use crate::format;
@@ -30,7 +30,15 @@ impl Union {
     /// Errors: ENOENT (no source, or no destination with `exchange`), EEXIST (`noreplace` and
     /// the destination exists), ENOTDIR/EISDIR (type mismatch), ENOTEMPTY (a non-empty
     /// directory would be replaced), EXDEV (a directory with lower copies), EROFS, EINVAL.
-    pub fn rename(&self, _ctx: &Ctx, parent: u64, name: &OsStr, newparent: u64, newname: &OsStr, flags: RenameFlags) -> Result<(), Errno> {
+    pub fn rename(
+        &self,
+        _ctx: &Ctx,
+        parent: u64,
+        name: &OsStr,
+        newparent: u64,
+        newname: &OsStr,
+        flags: RenameFlags,
+    ) -> Result<(), Errno> {
         if flags.noreplace && flags.exchange {
             return Err(Errno::INVAL);
         }
@@ -58,7 +66,9 @@ impl Union {
                 match (src.is_dir(), d.is_dir()) {
                     (true, false) => return Err(Errno::NOTDIR),
                     (false, true) => return Err(Errno::ISDIR),
-                    (true, true) if !self.merged_entries(d)?.is_empty() => return Err(Errno::NOTEMPTY),
+                    (true, true) if !self.merged_entries(d)?.is_empty() => {
+                        return Err(Errno::NOTEMPTY);
+                    }
                     _ => {}
                 }
             }
@@ -72,9 +82,9 @@ impl Union {
         let dst_below = self.lower_has(&dp, newname)?;
 
         // Everything the rename touches must be in the upper.
-        self.copy_up_locked(src.ino, true)?;
+        self.copy_up_named(&src)?;
         if let (true, Some(d)) = (flags.exchange, &dst) {
-            self.copy_up_locked(d.ino, true)?;
+            self.copy_up_named(d)?;
         }
         let sp = self.copy_up_locked(parent, true)?;
         let dp = self.copy_up_locked(newparent, true)?;
@@ -132,6 +142,20 @@ impl Union {
         Ok(())
     }
 
+    /// Copies up `n`, resolved by name: in-process callers rename without looking the names
+    /// up first, so the node may be unknown to the table; it is held only for the copy-up.
+    fn copy_up_named(&self, n: &Node) -> Result<(), Errno> {
+        let known = self.nodes.get(n.ino).is_some();
+        if !known {
+            self.nodes.upsert(n.clone(), false);
+        }
+        let r = self.copy_up_locked(n.ino, true).map(|_| ());
+        if !known {
+            self.nodes.forget(n.ino, 0);
+        }
+        r
+    }
+
     /// Updates the node table after `src` moved from `from` to `to` (replacing what was there).
     fn finish_move(&self, src: &Node, from: &std::path::Path, to: &std::path::Path) {
         self.nodes.unlink_path(to);
@@ -145,7 +169,12 @@ impl Union {
 
 /// Removes the markers left inside the upper directory `name` (it is empty in the union).
 fn clear_dir(dir: std::os::fd::BorrowedFd<'_>, name: &OsStr) -> Result<(), Errno> {
-    let fd = sys::path::open_at(dir, name, rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY, 0)?;
+    let fd = sys::path::open_at(
+        dir,
+        name,
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY,
+        0,
+    )?;
     let list = rustix::io::dup(&fd)?;
     for e in sys::dir::read_all(list)? {
         crate::layer::upper::remove_tree(fd.as_fd(), &e.name)?;

@@ -51,7 +51,11 @@ impl Union {
     }
 
     /// Resolves `name` in directory node `parent`; `None` when absent or whited out.
-    pub(crate) fn resolve_child(&self, parent: &Node, name: &OsStr) -> Result<Option<Resolved>, Errno> {
+    pub(crate) fn resolve_child(
+        &self,
+        parent: &Node,
+        name: &OsStr,
+    ) -> Result<Option<Resolved>, Errno> {
         crate::sys::path::check_name(name)?;
         if !parent.is_dir() {
             return Err(Errno::NOTDIR);
@@ -64,7 +68,9 @@ impl Union {
         let path = child_path(dir_path, name);
         let mut found: Option<Resolved> = None;
         for (layer, xwh) in self.search_layers(parent) {
-            let Some(dirfd) = self.layers[layer].open_dir_opt(dir_path)? else { continue };
+            let Some(dirfd) = self.layers[layer].open_dir_opt(dir_path)? else {
+                continue;
+            };
             let st = match layer::probe(dirfd.as_fd(), name, xwh, &self.lower_keys)? {
                 Probe::Absent => continue,
                 Probe::Whiteout => break,
@@ -86,7 +92,8 @@ impl Union {
                     if !node.upper {
                         node.lowers.push(layer);
                     }
-                    let stop = kind != FileType::Directory || self.dir_layer_markers(&dirfd, name, layer, &mut node)?;
+                    let stop = kind != FileType::Directory
+                        || self.dir_layer_markers(&dirfd, name, layer, &mut node)?;
                     found = Some(Resolved { node, top: st });
                     if stop {
                         break;
@@ -109,8 +116,18 @@ impl Union {
 
     /// Reads the markers of directory `name` in layer `layer`, records xattr-whiteout layers,
     /// and says whether it is opaque (the merge stops there).
-    fn dir_layer_markers(&self, parent: &impl AsFd, name: &OsStr, layer: usize, node: &mut Node) -> Result<bool, Errno> {
-        let fd = crate::sys::path::open_noatime(parent.as_fd(), name, rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY)?;
+    fn dir_layer_markers(
+        &self,
+        parent: &impl AsFd,
+        name: &OsStr,
+        layer: usize,
+        node: &mut Node,
+    ) -> Result<bool, Errno> {
+        let fd = crate::sys::path::open_noatime(
+            parent.as_fd(),
+            name,
+            rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY,
+        )?;
         let m = layer::dir_markers(fd.as_fd(), &self.lower_keys)?;
         if m.xwhiteouts && layer != 0 {
             node.xwhiteouts.push(layer);
@@ -123,8 +140,15 @@ impl Union {
     pub(crate) fn lower_has(&self, parent: &Node, name: &OsStr) -> Result<bool, Errno> {
         let dir_path = parent.path().ok_or(Errno::NOENT)?;
         for &layer in &parent.lowers {
-            let Some(dirfd) = self.layers[layer].open_dir_opt(dir_path)? else { continue };
-            match layer::probe(dirfd.as_fd(), name, parent.xwhiteouts.contains(&layer), &self.lower_keys)? {
+            let Some(dirfd) = self.layers[layer].open_dir_opt(dir_path)? else {
+                continue;
+            };
+            match layer::probe(
+                dirfd.as_fd(),
+                name,
+                parent.xwhiteouts.contains(&layer),
+                &self.lower_keys,
+            )? {
                 Probe::Absent => continue,
                 Probe::Whiteout => return Ok(false),
                 Probe::Object(_) => return Ok(true),

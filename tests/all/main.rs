@@ -1,0 +1,11 @@
+//! The one integration-test binary: modules per concern share the fixtures.
+
+mod cli;
+mod fixture;
+mod formats;
+mod mount;
+mod mounted;
+mod ops;
+mod oracle;
+mod regression;
+mod semantics;

@@ -1,0 +1,1261 @@
+//! Differential tests against kernel overlayfs: the same operation script runs on a unionmount
+//! mount and on a kernel overlay mount of an identical copy of the layers, and must give the
+//! same result (or errno) at every step. At the end the merged views, their inode-number
+//! relations and nlinks, and the two uppers must be the same, and the lowers unchanged.
+//!
+//! Where unionmount deliberately differs from the kernel the difference is named here
+//! (`KERNEL_ONLY_XATTRS`), never silently tolerated.
+
+use std::fs::{self, OpenOptions};
+use std::io::{self, Write as _};
+use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
+use std::path::Path;
+
+use rustix::fs::{AtFlags, CWD, FileType, Mode, RenameFlags, Timespec, Timestamps, XattrFlags};
+
+use crate::fixture::{self, Stack};
+use crate::mounted::{KernelMount, UnionMount, overlay_available};
+
+/// xattrs the kernel writes to its upper that unionmount does not, removed from the kernel's
+/// upper before the comparison:
+/// - `trusted.overlay.origin`: a file handle of the lower object a copy-up came from; the
+///   kernel uses it for constant inode numbers and NFS export. unionmount keeps inode numbers
+///   stable in memory instead (and a file handle is meaningless on another machine anyway).
+/// - `trusted.overlay.impure`: marks upper directories holding copied-up or renamed entries, so
+///   the kernel knows to fix up their d_ino in readdir; unionmount computes d_ino for every
+///   entry and needs no such hint.
+const KERNEL_ONLY_XATTRS: [&str; 2] = ["trusted.overlay.origin", "trusted.overlay.impure"];
+
+/// One step of a script. Paths are relative to the mount root.
+#[derive(Clone, Copy, Debug)]
+enum Op {
+    /// open(O_WRONLY) without O_TRUNC, pwrite at offset 0.
+    Write(&'static str, &'static str),
+    /// open(O_WRONLY|O_APPEND), write.
+    Append(&'static str, &'static str),
+    /// open(O_WRONLY), ftruncate.
+    Truncate(&'static str, u64),
+    /// open(O_WRONLY|O_TRUNC) and write: a copy-up without data.
+    Rewrite(&'static str, &'static str),
+    /// open(O_CREAT|O_EXCL|O_WRONLY, 0644), write.
+    Create(&'static str, &'static str),
+    Chmod(&'static str, u32),
+    /// lchown.
+    Chown(&'static str, u32, u32),
+    /// utimensat(AT_SYMLINK_NOFOLLOW) with atime = mtime = the given second.
+    Utimes(&'static str, i64),
+    Unlink(&'static str),
+    Rmdir(&'static str),
+    /// `rm -rf`.
+    RmRf(&'static str),
+    Mkdir(&'static str, u32),
+    /// `mkdir -p`.
+    MkdirP(&'static str),
+    Rename(&'static str, &'static str),
+    RenameNoreplace(&'static str, &'static str),
+    RenameExchange(&'static str, &'static str),
+    Link(&'static str, &'static str),
+    /// symlink(target, path).
+    Symlink(&'static str, &'static str),
+    Mkfifo(&'static str),
+    /// mknod of a character device (major, minor), mode 0644.
+    MknodChar(&'static str, u32, u32),
+    SetXattr(&'static str, &'static str, &'static str),
+    RemoveXattr(&'static str, &'static str),
+    GetXattr(&'static str, &'static str),
+    ListXattr(&'static str),
+    Read(&'static str),
+    Readlink(&'static str),
+    /// lstat: type, mode, nlink, size (not for directories), owner, device.
+    Stat(&'static str),
+    /// mtime seconds (only after `Utimes`: times are not compared otherwise).
+    Mtime(&'static str),
+    /// Sorted names of a directory.
+    List(&'static str),
+    /// The inner operation as uid/gid 65534 with no supplementary groups.
+    Nobody(&'static Op),
+}
+
+/// Runs `f` with this thread's credentials switched to uid/gid 65534 and no supplementary
+/// groups (credentials are per thread for the raw syscalls rustix makes), then switches back.
+/// The saved uid stays 0, so switching back is allowed.
+fn as_nobody<T>(f: impl FnOnce() -> T) -> T {
+    use rustix::process::{Gid, Uid};
+    use rustix::thread::{set_thread_groups, set_thread_res_gid, set_thread_res_uid};
+    let groups = rustix::process::getgroups().unwrap();
+    let (nuid, ngid) = (Uid::from_raw(65534), Gid::from_raw(65534));
+    set_thread_groups(&[]).unwrap();
+    set_thread_res_gid(ngid, ngid, Gid::ROOT).unwrap();
+    set_thread_res_uid(nuid, nuid, Uid::ROOT).unwrap();
+    let r = f();
+    set_thread_res_uid(Uid::ROOT, Uid::ROOT, Uid::ROOT).unwrap();
+    set_thread_res_gid(Gid::ROOT, Gid::ROOT, Gid::ROOT).unwrap();
+    set_thread_groups(&groups).unwrap();
+    r
+}
+
+fn describe(e: io::Error) -> String {
+    match e.raw_os_error() {
+        Some(n) => format!("{:?}", rustix::io::Errno::from_raw_os_error(n)),
+        None => format!("{e}"),
+    }
+}
+
+fn stat_line(p: &Path) -> io::Result<String> {
+    let md = fs::symlink_metadata(p)?;
+    let kind = FileType::from_raw_mode(md.mode());
+    let size = if kind == FileType::Directory {
+        String::new()
+    } else {
+        format!(" size={}", md.size())
+    };
+    let rdev = if matches!(kind, FileType::CharacterDevice | FileType::BlockDevice) {
+        format!(" rdev={}", md.rdev())
+    } else {
+        String::new()
+    };
+    Ok(format!(
+        "{kind:?} {:o} nlink={}{size} {}:{}{rdev}",
+        md.mode() & 0o7777,
+        md.nlink(),
+        md.uid(),
+        md.gid()
+    ))
+}
+
+fn xattr_names(p: &Path) -> io::Result<String> {
+    let mut buf = vec![0u8; 65536];
+    let n = rustix::fs::llistxattr(p, &mut buf[..])?;
+    let mut names: Vec<String> = buf[..n]
+        .split(|&b| b == 0)
+        .filter(|k| !k.is_empty())
+        .map(|k| String::from_utf8_lossy(k).into_owned())
+        .filter(|k| !k.starts_with("security."))
+        .collect();
+    names.sort();
+    Ok(names.join(","))
+}
+
+/// Runs `op` under `root` and describes the outcome.
+fn run(root: &Path, op: Op) -> String {
+    if let Op::Nobody(inner) = op {
+        return as_nobody(|| run(root, *inner));
+    }
+    let p = |r: &str| root.join(r);
+    let res: io::Result<String> = (|| {
+        Ok(match op {
+            Op::Write(f, data) => {
+                OpenOptions::new()
+                    .write(true)
+                    .open(p(f))?
+                    .write_all_at(data.as_bytes(), 0)?;
+                String::new()
+            }
+            Op::Append(f, data) => {
+                OpenOptions::new()
+                    .append(true)
+                    .open(p(f))?
+                    .write_all(data.as_bytes())?;
+                String::new()
+            }
+            Op::Truncate(f, len) => {
+                OpenOptions::new().write(true).open(p(f))?.set_len(len)?;
+                String::new()
+            }
+            Op::Rewrite(f, data) => {
+                OpenOptions::new()
+                    .write(true)
+                    .truncate(true)
+                    .open(p(f))?
+                    .write_all(data.as_bytes())?;
+                String::new()
+            }
+            Op::Create(f, data) => {
+                use std::os::unix::fs::OpenOptionsExt;
+                OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o644)
+                    .open(p(f))?
+                    .write_all(data.as_bytes())?;
+                String::new()
+            }
+            Op::Chmod(f, mode) => {
+                fs::set_permissions(p(f), fs::Permissions::from_mode(mode))?;
+                String::new()
+            }
+            Op::Chown(f, uid, gid) => {
+                std::os::unix::fs::lchown(p(f), Some(uid), Some(gid))?;
+                String::new()
+            }
+            Op::Utimes(f, sec) => {
+                let t = Timespec {
+                    tv_sec: sec,
+                    tv_nsec: 0,
+                };
+                rustix::fs::utimensat(
+                    CWD,
+                    p(f),
+                    &Timestamps {
+                        last_access: t,
+                        last_modification: t,
+                    },
+                    AtFlags::SYMLINK_NOFOLLOW,
+                )?;
+                String::new()
+            }
+            Op::Unlink(f) => {
+                fs::remove_file(p(f))?;
+                String::new()
+            }
+            Op::Rmdir(f) => {
+                fs::remove_dir(p(f))?;
+                String::new()
+            }
+            Op::RmRf(f) => {
+                fs::remove_dir_all(p(f))?;
+                String::new()
+            }
+            Op::Mkdir(f, mode) => {
+                rustix::fs::mkdirat(CWD, p(f), Mode::from_raw_mode(mode))?;
+                String::new()
+            }
+            Op::MkdirP(f) => {
+                fs::create_dir_all(p(f))?;
+                String::new()
+            }
+            Op::Rename(a, b) => {
+                fs::rename(p(a), p(b))?;
+                String::new()
+            }
+            Op::RenameNoreplace(a, b) => {
+                rustix::fs::renameat_with(CWD, p(a), CWD, p(b), RenameFlags::NOREPLACE)?;
+                String::new()
+            }
+            Op::RenameExchange(a, b) => {
+                rustix::fs::renameat_with(CWD, p(a), CWD, p(b), RenameFlags::EXCHANGE)?;
+                String::new()
+            }
+            Op::Link(a, b) => {
+                fs::hard_link(p(a), p(b))?;
+                String::new()
+            }
+            Op::Symlink(target, f) => {
+                std::os::unix::fs::symlink(target, p(f))?;
+                String::new()
+            }
+            Op::Mkfifo(f) => {
+                rustix::fs::mknodat(CWD, p(f), FileType::Fifo, Mode::from_raw_mode(0o644), 0)?;
+                String::new()
+            }
+            Op::MknodChar(f, major, minor) => {
+                rustix::fs::mknodat(
+                    CWD,
+                    p(f),
+                    FileType::CharacterDevice,
+                    Mode::from_raw_mode(0o644),
+                    rustix::fs::makedev(major, minor),
+                )?;
+                String::new()
+            }
+            Op::SetXattr(f, k, v) => {
+                rustix::fs::lsetxattr(p(f), k, v.as_bytes(), XattrFlags::empty())?;
+                String::new()
+            }
+            Op::RemoveXattr(f, k) => {
+                rustix::fs::lremovexattr(p(f), k)?;
+                String::new()
+            }
+            Op::GetXattr(f, k) => {
+                let mut buf = vec![0u8; 65536];
+                let n = rustix::fs::lgetxattr(p(f), k, &mut buf[..])?;
+                String::from_utf8_lossy(&buf[..n]).into_owned()
+            }
+            Op::ListXattr(f) => xattr_names(&p(f))?,
+            Op::Read(f) => String::from_utf8_lossy(&fs::read(p(f))?).into_owned(),
+            Op::Readlink(f) => fs::read_link(p(f))?.display().to_string(),
+            Op::Stat(f) => stat_line(&p(f))?,
+            Op::Mtime(f) => fs::symlink_metadata(p(f))?.mtime().to_string(),
+            Op::Nobody(_) => unreachable!("handled above"),
+            Op::List(f) => {
+                let mut v: Vec<String> = fs::read_dir(p(f))?
+                    .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+                    .collect::<io::Result<_>>()?;
+                v.sort();
+                v.join(" ")
+            }
+        })
+    })();
+    match res {
+        Ok(s) => format!("ok {s}"),
+        Err(e) => format!("err {}", describe(e)),
+    }
+}
+
+/// Inode-number relations of a merged view, comparable across implementations whose numbers
+/// differ: every object's nlink, the groups of paths sharing one st_ino, and the readdir
+/// entries whose d_ino differs from the st_ino of what they name.
+#[derive(Debug, PartialEq, Eq)]
+struct InoReport {
+    nlinks: Vec<String>,
+    shared: Vec<Vec<String>>,
+    d_ino_mismatches: Vec<String>,
+}
+
+fn ino_report(root: &Path) -> InoReport {
+    let mut by_ino: std::collections::BTreeMap<u64, Vec<String>> = Default::default();
+    let mut nlinks = Vec::new();
+    let mut mismatches = Vec::new();
+    walk_inos(root, root, &mut by_ino, &mut nlinks, &mut mismatches);
+    nlinks.sort();
+    mismatches.sort();
+    let mut shared: Vec<Vec<String>> = by_ino
+        .into_values()
+        .filter(|v| v.len() > 1)
+        .map(|mut v| {
+            v.sort();
+            v
+        })
+        .collect();
+    shared.sort();
+    InoReport {
+        nlinks,
+        shared,
+        d_ino_mismatches: mismatches,
+    }
+}
+
+fn walk_inos(
+    root: &Path,
+    dir: &Path,
+    by_ino: &mut std::collections::BTreeMap<u64, Vec<String>>,
+    nlinks: &mut Vec<String>,
+    mismatches: &mut Vec<String>,
+) {
+    let rel = |p: &Path| p.strip_prefix(root).unwrap().display().to_string();
+    let fd = rustix::fs::open(
+        dir,
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY,
+        Mode::empty(),
+    )
+    .unwrap();
+    let dir_ino = fs::symlink_metadata(dir).unwrap().ino();
+    for e in rustix::fs::Dir::read_from(&fd).unwrap() {
+        let e = e.unwrap();
+        let name = e.file_name().to_string_lossy().into_owned();
+        let (path, st_ino) = match name.as_str() {
+            "." => (dir.to_path_buf(), dir_ino),
+            ".." if dir == root => continue,
+            ".." => {
+                let parent = dir.parent().unwrap().to_path_buf();
+                let ino = fs::symlink_metadata(&parent).unwrap().ino();
+                (parent, ino)
+            }
+            _ => {
+                let path = dir.join(&name);
+                let md = fs::symlink_metadata(&path).unwrap();
+                by_ino.entry(md.ino()).or_default().push(rel(&path));
+                nlinks.push(format!("{} nlink={}", rel(&path), md.nlink()));
+                if md.is_dir() {
+                    walk_inos(root, &path, by_ino, nlinks, mismatches);
+                }
+                (path, md.ino())
+            }
+        };
+        if e.ino() != st_ino {
+            mismatches.push(format!("{}/{name} (as {})", rel(dir), rel(&path)));
+        }
+    }
+}
+
+/// Removes the `KERNEL_ONLY_XATTRS` from every object under `root` (the kernel's upper).
+fn strip_kernel_xattrs(root: &Path) {
+    for e in fs::read_dir(root).unwrap() {
+        let p = e.unwrap().path();
+        for k in KERNEL_ONLY_XATTRS {
+            match rustix::fs::lremovexattr(&p, k) {
+                Ok(()) | Err(rustix::io::Errno::NODATA) => {}
+                Err(e) => panic!("removing {k} from {}: {e}", p.display()),
+            }
+        }
+        if fs::symlink_metadata(&p).unwrap().is_dir() {
+            strip_kernel_xattrs(&p);
+        }
+    }
+}
+
+/// A new stack over the same lowers as `stack`, with a copy of its upper (xattrs, owners,
+/// modes and whiteouts kept) and a fresh workdir.
+fn cross_stack(stack: &Stack) -> Stack {
+    let mut s = Stack::new(&[]);
+    s.lowers = stack.lowers.clone();
+    let status = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(stack.upper.join("."))
+        .arg(&s.upper)
+        .status()
+        .unwrap();
+    assert!(status.success(), "cp -a of the upper failed");
+    assert_eq!(
+        fixture::dump(&s.upper),
+        fixture::dump(&stack.upper),
+        "cp -a did not copy the upper exactly"
+    );
+    s
+}
+
+/// A differential script: layers (lowers top first, and an upper) and the operations.
+struct Script {
+    lowers: &'static [&'static str],
+    upper: &'static str,
+    ops: &'static [Op],
+}
+
+/// Runs `script` on both implementations and compares everything.
+fn check(script: &Script) {
+    check_with(script, |_| {});
+}
+
+/// `check`, with `prepare` applied to each stack before it is mounted (e.g. to set owners).
+fn check_with(script: &Script, prepare: fn(&Stack)) {
+    if !overlay_available() {
+        return;
+    }
+    let build = || {
+        let s = Stack::with_upper(script.lowers, script.upper);
+        // Other users must reach the mountpoints (`Op::Nobody`).
+        fs::set_permissions(s.tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        prepare(&s);
+        s
+    };
+    let mut kernel = KernelMount::mount(build());
+    let mut ours = UnionMount::mount(build());
+    let lowers_before = ours.stack.lowers_dump();
+    assert_eq!(
+        kernel.stack.lowers_dump(),
+        lowers_before,
+        "the two stacks are not identical copies"
+    );
+    assert_eq!(
+        fixture::dump(kernel.mnt()),
+        fixture::dump(ours.mnt()),
+        "merged views differ before any operation"
+    );
+
+    let mut log = String::new();
+    for (i, &op) in script.ops.iter().enumerate() {
+        let want = run(kernel.mnt(), op);
+        let got = run(ours.mnt(), op);
+        log.push_str(&format!("  {i}: {op:?} -> {want}\n"));
+        assert_eq!(
+            got, want,
+            "step {i} {op:?}: unionmount vs kernel overlayfs\nsteps so far:\n{log}"
+        );
+    }
+
+    if std::env::var_os("UNIONMOUNT_ORACLE_LOG").is_some() {
+        eprintln!("steps (same result on both):\n{log}");
+    }
+    let view = fixture::dump(kernel.mnt());
+    assert_eq!(
+        fixture::dump(ours.mnt()),
+        view,
+        "merged views differ (left: unionmount, right: kernel)\nsteps:\n{log}"
+    );
+    let (mut ki, ui) = (ino_report(kernel.mnt()), ino_report(ours.mnt()));
+    assert!(
+        ui.d_ino_mismatches.is_empty(),
+        "unionmount readdir d_ino != st_ino: {:?}",
+        ui.d_ino_mismatches
+    );
+    // Intentional difference: in a merged directory that is not in the upper, the kernel
+    // reports the `..` entry with the d_ino of the lower directory's real parent, not the
+    // st_ino of the union parent. unionmount gives the union parent's st_ino, as for every
+    // other entry. Any other kernel mismatch fails the comparison.
+    ki.d_ino_mismatches.retain(|m| !m.contains("/.. (as "));
+    assert_eq!(
+        ui, ki,
+        "inode relations differ (left: unionmount, right: kernel)\nsteps:\n{log}"
+    );
+
+    ours.unmount();
+    kernel.unmount();
+    let ours_stack = &ours.stack;
+
+    // Each implementation reads the other's upper the same way: the formats are the same.
+    let cross = KernelMount::mount(cross_stack(ours_stack));
+    assert_eq!(
+        fixture::dump(cross.mnt()),
+        view,
+        "kernel overlayfs over unionmount's upper (left) vs the final view\nsteps:\n{log}"
+    );
+    drop(cross);
+    let cross = UnionMount::mount(cross_stack(&kernel.stack));
+    assert_eq!(
+        fixture::dump(cross.mnt()),
+        view,
+        "unionmount over kernel overlayfs's upper (left) vs the final view\nsteps:\n{log}"
+    );
+    drop(cross);
+
+    strip_kernel_xattrs(&kernel.stack.upper);
+    assert_eq!(
+        fixture::dump(&ours_stack.upper),
+        fixture::dump(&kernel.stack.upper),
+        "uppers differ (left: unionmount, right: kernel)\nsteps:\n{log}"
+    );
+    assert_eq!(
+        ours_stack.lowers_dump(),
+        lowers_before,
+        "unionmount changed a lower layer"
+    );
+    assert_eq!(
+        kernel.stack.lowers_dump(),
+        lowers_before,
+        "kernel overlayfs changed a lower layer"
+    );
+}
+
+#[test]
+fn copy_up_on_write_append_truncate() {
+    check(&Script {
+        lowers: &[
+            "f a hello\nf b bbbbbb\nd d\nf d/c deep\nx d/c user.k v\nm d/c 640\nf r rewritten",
+            "f z zz\nd d\nf d/y yy",
+        ],
+        upper: "",
+        ops: &[
+            Op::Read("a"),
+            Op::Write("a", "HE"),
+            Op::Read("a"),
+            Op::Append("b", "++"),
+            Op::Read("b"),
+            Op::Truncate("d/c", 2),
+            Op::Read("d/c"),
+            Op::Stat("d/c"),
+            Op::ListXattr("d/c"),
+            Op::GetXattr("d/c", "user.k"),
+            Op::Stat("d"),
+            Op::Read("z"),
+            Op::Truncate("z", 0),
+            Op::Stat("z"),
+            Op::Truncate("d/y", 10),
+            Op::Stat("d/y"),
+            Op::Rewrite("r", "new"),
+            Op::Read("r"),
+            Op::List("d"),
+            Op::Write("d", "x"),
+        ],
+    });
+}
+
+#[test]
+fn chmod_chown_utimes_of_lower_objects() {
+    check(&Script {
+        lowers: &[
+            "f a 1\nd d\nf d/b 2\nl d/s b\nd e\nf e/f 3\np e/fifo\nf e/suid U\nm e/suid 4755\nf e/sgid G\nm e/sgid 2750",
+            "d d\nf d/low 4",
+        ],
+        upper: "",
+        ops: &[
+            Op::Chmod("a", 0o600),
+            Op::Stat("a"),
+            Op::Chown("d/b", 65534, 65534),
+            Op::Stat("d/b"),
+            Op::Stat("d"),
+            Op::Utimes("e/f", 1_000_000),
+            Op::Mtime("e/f"),
+            Op::Chown("d/s", 1, 1),
+            Op::Stat("d/s"),
+            Op::Readlink("d/s"),
+            Op::Chmod("d", 0o700),
+            Op::Stat("d"),
+            Op::Utimes("d", 5),
+            Op::Mtime("d"),
+            Op::Chmod("e/fifo", 0o600),
+            Op::Stat("e/fifo"),
+            Op::Chmod("d/low", 0o4755),
+            Op::Stat("d/low"),
+            // A setuid/setgid lower file keeps its bits through a copy-up by root.
+            Op::Append("e/suid", "+"),
+            Op::Stat("e/suid"),
+            Op::Chown("e/sgid", 0, 0),
+            Op::Stat("e/sgid"),
+            Op::List("d"),
+        ],
+    });
+}
+
+#[test]
+fn unlink_and_rmdir_of_lower_and_upper_objects() {
+    check(&Script {
+        lowers: &[
+            "f a 1\nd d\nf d/x 1\nd e\nd full\nf full/f 1\nd sub\nd sub/empty",
+            "f a 2\nf b 3\nd d\nf d/y 2\nd e2\nd sub\nd sub/empty",
+        ],
+        upper: "f u up\nd d\nf d/u u\nd onlyup\nd sub",
+        ops: &[
+            Op::Unlink("a"),
+            Op::Stat("a"),
+            Op::Unlink("b"),
+            Op::Unlink("u"),
+            Op::Unlink("d/u"),
+            Op::Unlink("d/x"),
+            Op::Rmdir("e"),
+            Op::Rmdir("e2"),
+            Op::Rmdir("onlyup"),
+            Op::Rmdir("full"),
+            Op::Rmdir("d"),
+            Op::Unlink("d/y"),
+            Op::Stat("d"),
+            Op::Rmdir("d"),
+            Op::Rmdir("sub/empty"),
+            Op::Rmdir("sub"),
+            Op::List(""),
+            Op::Unlink("nonexistent"),
+            Op::Rmdir("a"),
+            Op::Unlink("full"),
+            Op::Rmdir("full/f"),
+            Op::Unlink("full/f"),
+            Op::Rmdir("full"),
+            Op::List(""),
+        ],
+    });
+}
+
+#[test]
+fn rm_rf_then_mkdir_shows_an_empty_opaque_dir() {
+    check(&Script {
+        lowers: &[
+            "d d\nf d/a 1\nd d/sub\nf d/sub/b 2",
+            "d d\nf d/c 3\nd d/sub\nf d/sub/e 4\nd d/other",
+        ],
+        upper: "",
+        ops: &[
+            Op::RmRf("d"),
+            Op::Stat("d"),
+            Op::Mkdir("d", 0o755),
+            Op::List("d"),
+            Op::Stat("d"),
+            Op::Stat("d/a"),
+            Op::Stat("d/sub"),
+            Op::Stat("d/other"),
+            Op::Create("d/new", "x"),
+            Op::MkdirP("d/sub/deeper"),
+            Op::List("d/sub"),
+            Op::List("d"),
+            Op::RmRf("d"),
+            Op::Mkdir("d", 0o700),
+            Op::List("d"),
+            Op::Stat("d"),
+        ],
+    });
+}
+
+#[test]
+fn rename_of_lower_files_over_names_and_whiteouts() {
+    check(&Script {
+        lowers: &[
+            "f a A\nf b B\nd d\nf d/c C\nf w W\nd empty",
+            "f a a2\nf x X\nd d2\nf d2/q Q\nd empty",
+        ],
+        upper: "",
+        ops: &[
+            Op::Rename("a", "a2"),
+            Op::List(""),
+            Op::Read("a2"),
+            Op::Stat("a"),
+            Op::Rename("b", "x"),
+            Op::Read("x"),
+            Op::Unlink("w"),
+            Op::Rename("d/c", "w"),
+            Op::Read("w"),
+            Op::Stat("d/c"),
+            Op::Rename("x", "d2/q"),
+            Op::Read("d2/q"),
+            Op::Rename("d", "dd"),
+            Op::Rename("d2", "dd"),
+            Op::Mkdir("nd", 0o755),
+            Op::Rename("nd", "nd2"),
+            Op::Rename("nd2", "empty"),
+            Op::List("empty"),
+            Op::Rename("a2", "d"),
+            Op::Rename("d2/q", "d2/q"),
+            Op::Rename("missing", "m2"),
+            Op::List(""),
+            Op::List("d2"),
+        ],
+    });
+}
+
+#[test]
+fn renameat2_noreplace_and_exchange() {
+    check(&Script {
+        lowers: &["f a A\nf b B\nd d\nf d/c C", "f c2 C2\nd d\nf d/low L"],
+        upper: "",
+        ops: &[
+            Op::RenameNoreplace("a", "b"),
+            Op::RenameNoreplace("a", "n"),
+            Op::Read("n"),
+            Op::Stat("a"),
+            Op::RenameExchange("n", "b"),
+            Op::Read("n"),
+            Op::Read("b"),
+            Op::RenameExchange("b", "zz"),
+            Op::RenameExchange("c2", "d/c"),
+            Op::Read("c2"),
+            Op::Read("d/c"),
+            Op::List(""),
+            Op::List("d"),
+            Op::Unlink("b"),
+            Op::RenameNoreplace("n", "b"),
+            Op::Read("b"),
+            Op::RenameNoreplace("d/low", "d/c"),
+            Op::RenameExchange("d/low", "d/c"),
+            Op::Read("d/low"),
+            Op::Read("d/c"),
+        ],
+    });
+}
+
+#[test]
+fn hard_links_of_lower_files_and_nlink() {
+    check(&Script {
+        lowers: &["f a A\nd d\nf d/b B", "f c C"],
+        upper: "",
+        ops: &[
+            Op::Link("a", "a2"),
+            Op::Stat("a"),
+            Op::Stat("a2"),
+            Op::Link("d/b", "b2"),
+            Op::Stat("b2"),
+            Op::Stat("d/b"),
+            Op::Link("c", "d/c"),
+            Op::Stat("c"),
+            Op::Stat("d/c"),
+            Op::Unlink("a"),
+            Op::Stat("a2"),
+            Op::Append("a2", "x"),
+            Op::Read("a2"),
+            Op::Link("d", "dl"),
+            Op::Link("c", "d/b"),
+            Op::Link("missing", "m"),
+            Op::Rename("c", "d/c"),
+            Op::Stat("c"),
+            Op::Stat("d/c"),
+            // Renaming one name of a file onto another name of it does nothing.
+            Op::Rename("b2", "d/b"),
+            Op::Stat("b2"),
+            Op::Stat("d/b"),
+        ],
+    });
+}
+
+#[test]
+fn symlinks_fifos_and_creating_over_whiteouts() {
+    check(&Script {
+        lowers: &["f a A\nl s a\nd d\nf d/f F\np lowfifo", "f gone G\nd x"],
+        upper: "",
+        ops: &[
+            Op::Unlink("gone"),
+            Op::Symlink("a", "gone"),
+            Op::Readlink("gone"),
+            Op::Read("gone"),
+            Op::Stat("gone"),
+            Op::Mkfifo("fifo"),
+            Op::Stat("fifo"),
+            Op::Unlink("s"),
+            Op::Mkfifo("s"),
+            Op::Stat("s"),
+            Op::Unlink("a"),
+            Op::Create("a", "new"),
+            Op::Read("a"),
+            Op::Symlink("../a", "d/up"),
+            Op::Read("d/up"),
+            Op::Rename("fifo", "d/fifo2"),
+            Op::Rename("lowfifo", "d/fifo3"),
+            Op::Stat("d/fifo3"),
+            Op::Rmdir("x"),
+            Op::Symlink("d", "x"),
+            Op::Stat("x"),
+            Op::List("x"),
+            Op::Create("a", "again"),
+            Op::Symlink("a", "a"),
+            Op::MknodChar("null", 1, 3),
+            Op::Stat("null"),
+            // A char device 0/0 is a whiteout in the upper: the kernel refuses to make one.
+            Op::MknodChar("wh", 0, 0),
+            Op::Stat("wh"),
+            Op::Unlink("a"),
+            Op::MknodChar("a", 0, 0),
+            Op::MknodChar("a", 1, 5),
+            Op::Stat("a"),
+            Op::List(""),
+        ],
+    });
+}
+
+#[test]
+fn xattrs_of_lower_objects() {
+    check(&Script {
+        lowers: &[
+            "f a A\nx a user.one 1\nd d\nx d user.dir D\nf d/b B",
+            "f c C\nd d\nf d/low L\nx d/low user.low L",
+        ],
+        upper: "",
+        ops: &[
+            Op::ListXattr("a"),
+            Op::GetXattr("a", "user.one"),
+            Op::SetXattr("a", "user.two", "2"),
+            Op::ListXattr("a"),
+            Op::GetXattr("a", "user.two"),
+            Op::RemoveXattr("a", "user.one"),
+            Op::ListXattr("a"),
+            Op::GetXattr("a", "user.one"),
+            // Removing an absent xattr fails and must not copy up (the uppers are compared).
+            Op::RemoveXattr("c", "user.none"),
+            Op::GetXattr("c", "user.none"),
+            Op::ListXattr("d"),
+            Op::SetXattr("d", "user.more", "M"),
+            Op::ListXattr("d"),
+            Op::GetXattr("d", "user.dir"),
+            Op::ListXattr("d/low"),
+            Op::RemoveXattr("d/low", "user.low"),
+            Op::ListXattr("d/low"),
+            Op::SetXattr("d/b", "trusted.mine", "T"),
+            Op::GetXattr("d/b", "trusted.mine"),
+            Op::ListXattr("d/b"),
+        ],
+    });
+}
+
+#[test]
+fn mkdir_p_deep_inside_lower_dirs_and_create_over_whiteouts() {
+    check(&Script {
+        lowers: &[
+            "d a\nm a 750\nd a/b\nd a/b/c\nf a/b/c/f F",
+            "d a\nd a/b\nf a/b/g G\nd x\nf x/in I",
+        ],
+        upper: "",
+        ops: &[
+            Op::MkdirP("a/b/c/d/e/f"),
+            Op::List("a/b/c"),
+            Op::Stat("a"),
+            Op::Stat("a/b"),
+            Op::Stat("a/b/c/d"),
+            Op::Create("a/b/c/d/e/f/file", "z"),
+            Op::Unlink("a/b/g"),
+            Op::Create("a/b/g", "new"),
+            Op::Read("a/b/g"),
+            Op::RmRf("x"),
+            Op::Create("x", "file now"),
+            Op::Stat("x"),
+            Op::Mkdir("a/b/c/f", 0o755),
+            Op::Unlink("x"),
+            Op::Mkdir("x", 0o711),
+            Op::List("x"),
+            Op::Stat("x"),
+            Op::Mkdir("a/b/c/d/e/f/file/no", 0o755),
+        ],
+    });
+}
+
+#[test]
+fn lower_layers_with_kernel_whiteouts_and_opaque_dirs() {
+    check(&Script {
+        lowers: &[
+            "w a\no d\nf d/top T\nw e/gone\nd e\nd od\nf od/mine M",
+            "f a A\nd d\nf d/below B\nd e\nf e/gone G\nf e/kept K\nw od",
+            "d od\nf od/deep D\nf a A3",
+        ],
+        upper: "",
+        ops: &[
+            Op::Stat("a"),
+            Op::List(""),
+            Op::List("d"),
+            Op::Stat("d/below"),
+            Op::List("e"),
+            Op::Stat("e/gone"),
+            Op::List("od"),
+            Op::Stat("od/deep"),
+            Op::Stat("d"),
+            Op::Stat("e"),
+            Op::Create("a", "new"),
+            Op::Read("a"),
+            Op::Create("d/below", "n"),
+            Op::List("d"),
+            Op::Unlink("d/top"),
+            Op::List("d"),
+            Op::Create("e/gone", "back"),
+            Op::List("e"),
+            Op::Unlink("e/kept"),
+            Op::List("e"),
+            Op::RmRf("od"),
+            Op::List(""),
+            Op::Mkdir("od", 0o755),
+            Op::List("od"),
+        ],
+    });
+}
+
+#[test]
+fn lower_layers_with_xattr_whiteouts() {
+    check(&Script {
+        lowers: &["X x/hidden\nf x/shown S", "d x\nf x/hidden H\nf x/other O"],
+        upper: "",
+        ops: &[
+            Op::List("x"),
+            Op::Stat("x/hidden"),
+            Op::Read("x/shown"),
+            Op::Read("x/other"),
+            Op::Create("x/hidden", "new"),
+            Op::Read("x/hidden"),
+            Op::List("x"),
+            Op::Unlink("x/other"),
+            Op::List("x"),
+        ],
+    });
+}
+
+#[test]
+fn mixed_types_across_layers() {
+    check(&Script {
+        lowers: &[
+            "d a\nf a/top T\nf b B\nd c\nf c/x X",
+            "f a A\nd b\nf b/under U\nd c\nf c/y Y",
+            "d a\nf a/deep D\nd c\nf c/z Z",
+        ],
+        upper: "f p up\nd q\nf q/new N\no r\nf r/mine M\nd c\nw c/y",
+        ops: &[
+            Op::List(""),
+            Op::List("a"),
+            Op::Stat("a/deep"),
+            Op::Stat("b"),
+            Op::List("c"),
+            Op::Stat("c"),
+            Op::Stat("q"),
+            Op::Stat("r"),
+            Op::List("r"),
+            Op::Unlink("b"),
+            Op::Mkdir("b", 0o755),
+            Op::List("b"),
+            Op::RmRf("a"),
+            Op::Create("a", "file"),
+            Op::Unlink("c/x"),
+            Op::Unlink("c/z"),
+            Op::List("c"),
+            Op::Rmdir("c"),
+            Op::Stat("c"),
+            Op::List(""),
+        ],
+    });
+}
+
+#[test]
+fn renames_of_directories() {
+    check(&Script {
+        lowers: &[
+            "d low\nf low/f F\nd e\nf e/f F\nf w W\nd full\nf full/x X",
+            "d low\nf low/g G\nd gone\nf gone/h H",
+        ],
+        upper: "",
+        ops: &[
+            Op::MkdirP("n/x/y"),
+            Op::Create("n/x/y/f", "deep"),
+            Op::Stat("n/x/y/f"),
+            Op::Rename("n", "m"),
+            Op::Read("m/x/y/f"),
+            Op::Append("m/x/y/f", "+"),
+            Op::Read("m/x/y/f"),
+            Op::Stat("n"),
+            // A pure-upper directory onto a whiteout.
+            Op::Unlink("w"),
+            Op::Rename("m", "w"),
+            Op::List("w"),
+            Op::Read("w/x/y/f"),
+            // Onto a merged directory that is empty in the union but holds whiteouts.
+            Op::Unlink("e/f"),
+            Op::Mkdir("k", 0o755),
+            Op::Create("k/inside", "i"),
+            Op::Rename("k", "e"),
+            Op::List("e"),
+            // rm -rf + mkdir gives an opaque upper directory: renaming it is allowed, and
+            // its old name keeps hiding the lower directory.
+            Op::RmRf("gone"),
+            Op::Mkdir("gone", 0o755),
+            Op::Create("gone/new", "n"),
+            Op::Rename("gone", "moved"),
+            Op::List("moved"),
+            Op::Stat("gone"),
+            Op::Rename("moved", "full"),
+            Op::Rename("low", "low2"),
+            Op::RenameExchange("w", "e"),
+            Op::List("w"),
+            Op::List("e"),
+            Op::Rename("w", "w/x/inside"),
+            Op::Rename("e", "full/x"),
+            Op::List(""),
+        ],
+    });
+}
+
+#[test]
+fn whiteout_lifecycle() {
+    check(&Script {
+        lowers: &["f a A\nd d\nf d/a DA\nf b B\nf y Y\nf x X", "f a A2"],
+        upper: "",
+        ops: &[
+            // fuse-overlayfs #151: a whiteout at the root hides nothing elsewhere.
+            Op::Unlink("a"),
+            Op::Read("d/a"),
+            Op::Create("a", "recreated"),
+            Op::Unlink("a"),
+            Op::Stat("a"),
+            Op::Create("a", "again"),
+            Op::Rename("a", "a3"),
+            Op::Stat("a"),
+            // fuse-overlayfs #327: renaming an upper-only file leaves no whiteout.
+            Op::Create("new", "n"),
+            Op::Rename("new", "new2"),
+            // fuse-overlayfs #354: renaming over a whiteout.
+            Op::Unlink("x"),
+            Op::Rename("y", "x"),
+            Op::Read("x"),
+            Op::Stat("y"),
+            Op::Unlink("x"),
+            Op::Stat("x"),
+            // A hard link over a whiteout.
+            Op::Unlink("b"),
+            Op::Link("new2", "b"),
+            Op::Stat("b"),
+            Op::Link("d/a", "y"),
+            Op::Stat("d/a"),
+            Op::List(""),
+        ],
+    });
+}
+
+/// Hard links that already exist in a lower layer; one name is copied up.
+#[test]
+#[ignore = "BUG: after copy-up of one name of a hard-linked lower file, the other names the kernel \
+            already looked up share its FUSE node, so for the entry timeout they show the copied-up \
+            file (fix needs a kernel entry invalidation, or one node per lower alias)"]
+fn lower_hard_links() {
+    check(&Script {
+        lowers: &["f h H\nh h2 h\nd d\nh d/h3 h\nf solo S", "f h LOW"],
+        upper: "",
+        ops: LOWER_HARD_LINK_OPS,
+    });
+}
+
+const LOWER_HARD_LINK_OPS: &[Op] = &[
+    Op::Append("h", "+"),
+    Op::Stat("h"),
+    Op::Stat("h2"),
+    Op::Read("h2"),
+    Op::Read("d/h3"),
+    Op::Link("h2", "h4"),
+    Op::Stat("h4"),
+    Op::Stat("d/h3"),
+    Op::Unlink("d/h3"),
+    Op::Stat("h2"),
+    Op::Link("solo", "solo2"),
+    Op::Rename("solo2", "solo"),
+    Op::Stat("solo"),
+    Op::Stat("solo2"),
+];
+
+/// The private xattrs: unionmount never lists, reads or sets `trusted.overlay.*` or
+/// `user.overlay.*` through the mount (SEMANTICS.md). The kernel differs, and each difference is
+/// asserted here so that a change on either side is noticed.
+#[test]
+fn intentional_differences_private_xattrs() {
+    if !overlay_available() {
+        return;
+    }
+    let lowers: &[&str] =
+        &["f a A\nx a trusted.overlay.foo F\nx a user.overlay.bar B\nx a user.plain P"];
+    let kernel = KernelMount::mount(Stack::new(lowers));
+    let mut ours = UnionMount::mount(Stack::new(lowers));
+    let enodata = "err Os { code: 61, kind: Uncategorized, message: \"No data available\" }";
+    let eperm = "err Os { code: 1, kind: PermissionDenied, message: \"Operation not permitted\" }";
+    // (op, kernel, unionmount)
+    let expected: &[(Op, &str, &str)] = &[
+        // In its default (trusted) mode the kernel treats user.overlay.* as ordinary xattrs;
+        // unionmount reads markers in both namespaces, so it hides both.
+        (
+            Op::ListXattr("a"),
+            "ok user.overlay.bar,user.plain",
+            "ok user.plain",
+        ),
+        (Op::GetXattr("a", "user.overlay.bar"), "ok B", enodata),
+        (Op::GetXattr("a", "trusted.overlay.foo"), enodata, enodata),
+        // The kernel stores trusted.overlay.X set through the mount escaped as
+        // trusted.overlay.overlay.X (for nested overlays); unionmount refuses.
+        (Op::SetXattr("a", "trusted.overlay.new", "x"), "ok ", eperm),
+        (Op::SetXattr("a", "user.overlay.new", "x"), "ok ", eperm),
+        (Op::RemoveXattr("a", "trusted.overlay.foo"), enodata, eperm),
+        (Op::GetXattr("a", "user.plain"), "ok P", "ok P"),
+    ];
+    for &(op, k, u) in expected {
+        assert_eq!(run(kernel.mnt(), op), k, "kernel: {op:?}");
+        assert_eq!(run(ours.mnt(), op), u, "unionmount: {op:?}");
+    }
+    ours.unmount();
+    // Nothing was copied up: every request above was refused or read-only.
+    assert_eq!(fixture::dump(&ours.stack.upper), "");
+}
+
+/// Directories too large for one readdir reply, merged from three layers with whiteouts.
+#[test]
+fn large_merged_directories() {
+    let mut l0 = String::from("d big\n");
+    let mut l1 = String::from("d big\n");
+    let mut up = String::from("d big\n");
+    for i in 0..1500 {
+        l1.push_str(&format!(
+            "f big/lower-file-with-a-longish-name-{i:04} {i}\n"
+        ));
+        if i % 3 == 0 {
+            l0.push_str(&format!(
+                "f big/lower-file-with-a-longish-name-{i:04} top{i}\n"
+            ));
+        }
+        if i % 7 == 0 {
+            up.push_str(&format!("w big/lower-file-with-a-longish-name-{i:04}\n"));
+        }
+        if i % 2 == 0 {
+            up.push_str(&format!("f big/upper-{i:04} u\n"));
+        }
+    }
+    let lowers: &'static [&'static str] =
+        Vec::leak(vec![String::leak(l0) as &str, String::leak(l1)]);
+    check(&Script {
+        lowers,
+        upper: String::leak(up),
+        ops: &[
+            Op::Read("big/lower-file-with-a-longish-name-0003"),
+            Op::Stat("big/lower-file-with-a-longish-name-0007"),
+            Op::Unlink("big/lower-file-with-a-longish-name-0001"),
+            Op::Create("big/lower-file-with-a-longish-name-0014", "back"),
+            Op::RmRf("big"),
+            Op::List(""),
+            Op::Mkdir("big", 0o755),
+            Op::List("big"),
+        ],
+    });
+}
+
+/// Renaming a directory that exists only in the upper into a merged directory: the kernel
+/// marks it opaque even when no lower layer has the new name; unionmount writes the marker only
+/// when some lower layer has the name (fewer markers, same merged view, and either upper
+/// mounts the same way under both implementations).
+#[test]
+fn intentional_difference_opaque_marker_only_when_needed() {
+    if !overlay_available() {
+        return;
+    }
+    let lowers: &[&str] = &["d d\nf d/x X\nd taken\nf taken/old O"];
+    let mut kernel = KernelMount::mount(Stack::new(lowers));
+    let mut ours = UnionMount::mount(Stack::new(lowers));
+    for m in [kernel.mnt(), ours.mnt()] {
+        for op in [
+            Op::MkdirP("d/n/sub"),
+            Op::Rename("d/n", "d/free"),
+            Op::RmRf("taken"),
+            Op::Mkdir("new", 0o755),
+            Op::Rename("new", "taken"),
+            Op::List("taken"),
+        ] {
+            assert_eq!(run(m, op), "ok ", "{op:?} in {}", m.display());
+        }
+    }
+    assert_eq!(fixture::dump(ours.mnt()), fixture::dump(kernel.mnt()));
+    kernel.unmount();
+    ours.unmount();
+    let opaque = ["trusted.overlay.opaque=y".to_string()];
+    assert_eq!(fixture::xattrs(&kernel.stack.upper.join("d/free")), opaque);
+    assert!(fixture::xattrs(&ours.stack.upper.join("d/free")).is_empty());
+    // Where a lower layer has the name, both mark it.
+    assert_eq!(fixture::xattrs(&kernel.stack.upper.join("taken")), opaque);
+    assert_eq!(fixture::xattrs(&ours.stack.upper.join("taken")), opaque);
+}
+
+/// Operations by an unprivileged user: ownership of copied-up and new objects, permission
+/// checks (sticky and setgid directories, read-only files, other users' files), setuid
+/// clearing on write.
+#[test]
+fn unprivileged_user() {
+    check_with(
+        &Script {
+            lowers: &[
+                "d home\nf home/own O\nf home/suid S\nm home/suid 4755\nf home/ro RO\nm home/ro 444\nd tmp\nm tmp 1777\nf tmp/rootfile R\nf tmp/nobodyfile N\nf rootfile R\nd sg\nm sg 2775",
+                "d home\nf home/low L",
+            ],
+            upper: "",
+            ops: UNPRIVILEGED_OPS,
+        },
+        |s| {
+            for p in ["home", "home/own", "home/suid", "home/ro", "tmp/nobodyfile"] {
+                std::os::unix::fs::chown(s.lowers[0].join(p), Some(65534), Some(65534)).unwrap();
+            }
+            std::os::unix::fs::chown(s.lowers[0].join("sg"), Some(65534), Some(100)).unwrap();
+            // chown cleared the setgid bit.
+            fs::set_permissions(s.lowers[0].join("sg"), fs::Permissions::from_mode(0o2775))
+                .unwrap();
+            fs::set_permissions(
+                s.lowers[0].join("home/suid"),
+                fs::Permissions::from_mode(0o4755),
+            )
+            .unwrap();
+            std::os::unix::fs::chown(s.lowers[1].join("home"), Some(65534), Some(65534)).unwrap();
+        },
+    );
+}
+
+const fn n(op: &'static Op) -> Op {
+    Op::Nobody(op)
+}
+
+const UNPRIVILEGED_OPS: &[Op] = &[
+    n(&Op::Append("home/own", "+")),
+    Op::Stat("home/own"),
+    Op::Stat("home"),
+    n(&Op::Append("home/suid", "x")),
+    Op::Stat("home/suid"),
+    n(&Op::Create("home/new", "n")),
+    Op::Stat("home/new"),
+    n(&Op::Mkdir("home/dir", 0o755)),
+    Op::Stat("home/dir"),
+    n(&Op::Chmod("home/own", 0o600)),
+    Op::Stat("home/own"),
+    n(&Op::Chmod("rootfile", 0o600)),
+    n(&Op::Append("rootfile", "x")),
+    n(&Op::Unlink("tmp/rootfile")),
+    n(&Op::Unlink("tmp/nobodyfile")),
+    n(&Op::Create("tmp/mine", "m")),
+    Op::Stat("tmp/mine"),
+    n(&Op::Rename("tmp/mine", "home/mine")),
+    n(&Op::Unlink("rootfile")),
+    n(&Op::Create("sg/f", "x")),
+    Op::Stat("sg/f"),
+    n(&Op::Mkdir("sg/sub", 0o755)),
+    Op::Stat("sg/sub"),
+    n(&Op::Utimes("home/ro", 5)),
+    n(&Op::Utimes("rootfile", 5)),
+    n(&Op::Write("home/ro", "x")),
+    n(&Op::Unlink("home/ro")),
+    n(&Op::Chown("home/own", 65534, 100)),
+    n(&Op::Link("rootfile", "home/hl")),
+    n(&Op::Link("home/own", "home/hl")),
+    Op::Stat("home/hl"),
+    n(&Op::SetXattr("home/own", "user.x", "1")),
+    n(&Op::SetXattr("rootfile", "user.x", "1")),
+    n(&Op::Unlink("home/low")),
+    n(&Op::RmRf("home/dir")),
+    n(&Op::Symlink("own", "home/sl")),
+    Op::Stat("home/sl"),
+    n(&Op::Mkfifo("home/fifo")),
+    Op::Stat("home/fifo"),
+    n(&Op::List("home")),
+];

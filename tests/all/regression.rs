@@ -1,0 +1,467 @@
+//! Regression tests named after bugs other union filesystems shipped (SEMANTICS.md, last
+//! section), driven in-process on the engine. Each states the scenario of the original issue.
+
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+
+use rustix::fs::{FileType, OFlags};
+use rustix::io::Errno;
+use unionmount::union::attr::SetAttr;
+use unionmount::union::inode::ROOT;
+
+use crate::fixture::{Stack, dump};
+use crate::ops::*;
+
+/// `rm -rf d` through the engine, children first.
+fn rm_rf(u: &unionmount::union::Union, path: &str) {
+    for name in ls(u, path) {
+        let child = format!("{path}/{name}");
+        let a = at(u, &child).unwrap();
+        if FileType::from_raw_mode(a.st.st_mode) == FileType::Directory {
+            rm_rf(u, &child);
+        } else {
+            unlink(u, &child).unwrap();
+        }
+    }
+    rmdir(u, path).unwrap();
+}
+
+/// fuse-overlayfs #324: after `rm -rf d && mkdir d` the old content of `d` came back
+/// (podman images broke). It must stay hidden whatever is listed or looked up, also after a
+/// remount.
+#[test]
+fn fuse_overlayfs_324_deleted_dir_content_stays_hidden() {
+    let s = Stack::new(&[
+        "f d/a a\nd d/sub\nf d/sub/x x\nf d/sub/y y",
+        "f d/b b\nd d/sub\nf d/sub/z z\nd d/deep/er",
+    ]);
+    let before = s.lowers_dump();
+    let u = s.union();
+    rm_rf(&u, "d");
+    mkdir(&u, "d", 0o755).unwrap();
+    let check = |u: &unionmount::union::Union| {
+        // Looked up before listing, listed, then looked up again; nested names too.
+        for p in ["d/a", "d/b", "d/sub", "d/deep"] {
+            assert_eq!(err(at(u, p)), Errno::NOENT, "{p}");
+        }
+        assert_eq!(ls(u, "d"), Vec::<String>::new());
+        assert_eq!(err(at(u, "d/sub")), Errno::NOENT);
+    };
+    check(&u);
+    mkdir(&u, "d/sub", 0o755).unwrap();
+    assert_eq!(
+        ls(&u, "d/sub"),
+        Vec::<String>::new(),
+        "a new sub merged the deleted one"
+    );
+    assert_eq!(err(at(&u, "d/sub/x")), Errno::NOENT);
+    assert_eq!(err(at(&u, "d/sub/z")), Errno::NOENT);
+    rmdir(&u, "d/sub").unwrap();
+    check(&u);
+    drop(u);
+    check(&s.union());
+    assert_upper_opaque(&s, "d");
+    assert_eq!(upper_paths(&s), ["d"], "\n{}", dump(&s.upper));
+    assert_work_empty(&s);
+    assert_lowers(&s, &before);
+}
+
+/// fuse-overlayfs #354: renaming onto a name that is a whiteout lost the whiteout of the old
+/// name, so the lower file came back there.
+#[test]
+fn fuse_overlayfs_354_rename_over_whiteout_keeps_old_name_whited_out() {
+    let s = Stack::new(&["f a A\nf b B\nf d/c C\nf d/e E"]);
+    let u = s.union();
+    unlink(&u, "b").unwrap();
+    mv(&u, "a", "b").unwrap();
+    unlink(&u, "d/e").unwrap();
+    mv(&u, "d/c", "d/e").unwrap();
+    for u in [&u, &s.union()] {
+        assert_eq!(err(at(u, "a")), Errno::NOENT);
+        assert_eq!(err(at(u, "d/c")), Errno::NOENT);
+        assert_eq!(cat(u, "b"), "A");
+        assert_eq!(cat(u, "d/e"), "C");
+        assert_eq!(ls(u, ""), ["b", "d"]);
+        assert_eq!(ls(u, "d"), ["e"]);
+    }
+    assert_upper_whiteout(&s, "a");
+    assert_upper_whiteout(&s, "d/c");
+}
+
+/// fuse-overlayfs #327: renaming a file nothing below has left an unnecessary whiteout.
+#[test]
+fn fuse_overlayfs_327_no_whiteout_for_rename_of_upper_only_file() {
+    let s = Stack::new(&["d d\nf lowerfile l"]);
+    let u = s.union();
+    put(&u, "new", "n").unwrap();
+    mv(&u, "new", "d/moved").unwrap();
+    mkdir(&u, "dir", 0o755).unwrap();
+    put(&u, "dir/f", "f").unwrap();
+    mv(&u, "dir", "dir2").unwrap();
+    mv(&u, "dir2/f", "dir2/g").unwrap();
+    assert_eq!(
+        upper_paths(&s),
+        ["d", "d/moved", "dir2", "dir2/g"],
+        "\n{}",
+        dump(&s.upper)
+    );
+    // A name that exists below does need one, even when the upper file was re-created.
+    unlink(&u, "lowerfile").unwrap();
+    put(&u, "lowerfile", "again").unwrap();
+    mv(&u, "lowerfile", "d/again").unwrap();
+    assert_eq!(err(at(&u, "lowerfile")), Errno::NOENT);
+    assert_upper_whiteout(&s, "lowerfile");
+}
+
+/// fuse-overlayfs #279: creating a symlink over a whiteout did not clear the whiteout, so the
+/// new symlink stayed invisible.
+#[test]
+fn fuse_overlayfs_279_symlink_clears_a_whiteout() {
+    let s = Stack::new(&["f a lower\nf d/b lower"]);
+    let u = s.union();
+    unlink(&u, "a").unwrap();
+    unlink(&u, "d/b").unwrap();
+    symlink(&u, "a", "target-a").unwrap();
+    symlink(&u, "d/b", "../a").unwrap();
+    for u in [&u, &s.union()] {
+        let a = at(u, "a").unwrap();
+        assert_eq!(FileType::from_raw_mode(a.st.st_mode), FileType::Symlink);
+        assert_eq!(u.readlink(a.ino).unwrap(), b"target-a");
+        assert_eq!(u.readlink(ino(u, "d/b")).unwrap(), b"../a");
+        let e = entries(u, ROOT)
+            .into_iter()
+            .find(|e| e.name == "a")
+            .expect("a listed");
+        assert_eq!(e.kind, FileType::Symlink);
+    }
+    assert!(upper_entry(&s, "a").unwrap().starts_with("l -> target-a"));
+    assert!(upper_entry(&s, "d/b").unwrap().starts_with("l -> ../a"));
+}
+
+/// fuse-overlayfs #151: a whiteout at the root hid files of the same name in every directory.
+#[test]
+fn fuse_overlayfs_151_root_whiteout_does_not_hide_same_name_in_subdirs() {
+    let s = Stack::new(&["w x\nf d/keep k", "f x root\nf d/x sub\nf d/e/x deeper"]);
+    let u = s.union();
+    assert_eq!(err(at(&u, "x")), Errno::NOENT);
+    assert_eq!(cat(&u, "d/x"), "sub");
+    assert_eq!(cat(&u, "d/e/x"), "deeper");
+    assert_eq!(ls(&u, "d"), ["e", "keep", "x"]);
+    // The same after deleting through the engine.
+    let s = Stack::new(&["f y root\nf d/y sub"]);
+    let u = s.union();
+    unlink(&u, "y").unwrap();
+    assert_eq!(ls(&u, "d"), ["y"]);
+    assert_eq!(cat(&u, "d/y"), "sub");
+}
+
+/// fuse-overlayfs #425: a `.wh..wh..opq` nested below another was ignored after some access
+/// orders (cached merged state). Every order must give the same view.
+#[test]
+fn fuse_overlayfs_425_nested_opaque_marker_in_every_access_order() {
+    let layers = [
+        "O a\nf a/top1 t\nO a/b\nf a/b/top2 t\nd a/c\nO a/c/o\nf a/c/o/top3 t",
+        "f a/low l\nf a/b/low l\nd a/b/sub\nf a/c/low l\nf a/c/o/low l",
+    ];
+    let want_a = vec!["b", "c", "top1"];
+    let want_b = vec!["top2"];
+    let want_c = vec!["o"];
+    let want_o = vec!["top3"];
+    type Step = fn(&unionmount::union::Union) -> Vec<String>;
+    let steps: [(&str, Step); 4] = [
+        ("a", |u| ls(u, "a")),
+        ("a/b", |u| ls(u, "a/b")),
+        ("a/c", |u| ls(u, "a/c")),
+        ("a/c/o", |u| ls(u, "a/c/o")),
+    ];
+    let orders: [[usize; 4]; 4] = [[0, 1, 2, 3], [3, 2, 1, 0], [1, 3, 0, 2], [2, 0, 3, 1]];
+    for order in orders {
+        let s = Stack::new(&layers);
+        let u = s.union();
+        // Deep lookups first in half the orders, so nodes exist before any listing.
+        if order[0] % 2 == 1 {
+            assert_eq!(err(at(&u, "a/c/o/low")), Errno::NOENT);
+            assert_eq!(err(at(&u, "a/b/sub")), Errno::NOENT);
+        }
+        for i in order {
+            let (name, f) = steps[i];
+            let want = [&want_a, &want_b, &want_c, &want_o][i];
+            assert_eq!(&f(&u), want, "{name} in order {order:?}");
+        }
+        for p in ["a/low", "a/b/low", "a/b/sub", "a/c/low", "a/c/o/low"] {
+            assert_eq!(err(at(&u, p)), Errno::NOENT, "{p} in order {order:?}");
+        }
+    }
+}
+
+/// fuse-overlayfs #435 and #192: wrong st_nlink (after link(), for hard links in a lower, and
+/// for directories).
+#[test]
+fn fuse_overlayfs_435_192_nlink() {
+    let s = Stack::new(&["f a a\nh b a\nf single s\nd dir\nd dir/s1\nd dir/s2\nf dir/f f"]);
+    let u = s.union();
+    assert_eq!(at(&u, "a").unwrap().st.st_nlink, 2);
+    assert_eq!(at(&u, "b").unwrap().st.st_nlink, 2);
+    // First stat after link() already counts the new name.
+    let l = link(&u, "single", "single2").unwrap();
+    assert_eq!(l.st.st_nlink, 2);
+    assert_eq!(at(&u, "single").unwrap().st.st_nlink, 2);
+    assert_eq!(u.getattr(ino(&u, "single2")).unwrap().st.st_nlink, 2);
+    unlink(&u, "single2").unwrap();
+    assert_eq!(at(&u, "single").unwrap().st.st_nlink, 1);
+    // Upper-only hard links.
+    put(&u, "n", "n").unwrap();
+    link(&u, "n", "n2").unwrap();
+    link(&u, "n", "n3").unwrap();
+    assert_eq!(at(&u, "n2").unwrap().st.st_nlink, 3);
+    // A directory that lives in one layer counts its subdirectories like any directory.
+    assert_eq!(at(&u, "dir").unwrap().st.st_nlink, 4);
+    mkdir(&u, "newdir", 0o755).unwrap();
+    mkdir(&u, "newdir/s", 0o755).unwrap();
+    assert_eq!(at(&u, "newdir").unwrap().st.st_nlink, 3);
+}
+
+/// fuse-overlayfs #391: readdir's d_ino differed from stat's st_ino.
+#[test]
+fn fuse_overlayfs_391_d_ino_equals_st_ino() {
+    let s = Stack::with_upper(
+        &[
+            "f a 1\nh a2 a\nd d\nf d/x 1\nl s a\np p",
+            "f b 2\nd d\nf d/y 2\nd lower",
+        ],
+        "f u 0\nd d\nf d/z 0",
+    );
+    let u = s.union();
+    let check = |u: &unionmount::union::Union| {
+        for dir in ["", "d", "lower"] {
+            let dino = ino(u, dir);
+            for e in entries(u, dino) {
+                if e.name == "." || e.name == ".." {
+                    continue;
+                }
+                let st = u.lookup(dino, &e.name).unwrap();
+                assert_eq!(e.ino, st.st.st_ino, "{dir}/{:?}", e.name);
+                assert_eq!(u.getattr(st.ino).unwrap().st.st_ino, e.ino);
+            }
+        }
+    };
+    check(&u);
+    // Copy-ups (one alias of a lower hard link, a merged dir, a plain file) keep them equal.
+    put(&u, "a", "changed").unwrap();
+    put(&u, "b", "changed").unwrap();
+    put(&u, "d/y", "changed").unwrap();
+    mkdir(&u, "lower/new", 0o755).unwrap();
+    check(&u);
+}
+
+/// fuse-overlayfs #414: `mkdir -m 0555 d` failed, and so did creating inside it as root.
+#[test]
+fn fuse_overlayfs_414_mkdir_0555_then_create_inside() {
+    let s = Stack::new(&["d ro\nm ro 555"]);
+    let before = s.lowers_dump();
+    let u = s.union();
+    let d = mkdir(&u, "d", 0o555).unwrap();
+    assert_eq!(d.st.st_mode & 0o7777, 0o555);
+    put(&u, "d/f", "inside").unwrap();
+    mkdir(&u, "d/sub", 0o555).unwrap();
+    assert_eq!(ls(&u, "d"), ["f", "sub"]);
+    // A lower directory with mode 0555 is copied up with its mode and still usable by root.
+    put(&u, "ro/f", "inside").unwrap();
+    assert_eq!(at(&u, "ro").unwrap().st.st_mode & 0o7777, 0o555);
+    assert_eq!(
+        fs::metadata(s.upper.join("ro")).unwrap().mode() & 0o7777,
+        0o555
+    );
+    assert_eq!(
+        fs::metadata(s.upper.join("d")).unwrap().mode() & 0o7777,
+        0o555
+    );
+    assert_work_empty(&s);
+    assert_lowers(&s, &before);
+}
+
+/// fuse-overlayfs #307: a read-only file (and one in a read-only directory) could not be removed.
+#[test]
+fn fuse_overlayfs_307_unlink_read_only_file() {
+    let s = Stack::new(&["f a a\nm a 444\nf ro/b b\nm ro/b 400\nm ro 555\nf c c\nm c 400"]);
+    let before = s.lowers_dump();
+    let u = s.union();
+    unlink(&u, "a").unwrap();
+    unlink(&u, "ro/b").unwrap();
+    u.setattr(
+        &ctx(),
+        ino(&u, "c"),
+        &SetAttr {
+            uid: Some(5),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    unlink(&u, "c").unwrap();
+    put(&u, "up", "u").unwrap();
+    u.setattr(
+        &ctx(),
+        ino(&u, "up"),
+        &SetAttr {
+            mode: Some(0o400),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    unlink(&u, "up").unwrap();
+    for p in ["a", "ro/b", "c", "up"] {
+        assert_eq!(err(at(&u, p)), Errno::NOENT, "{p}");
+    }
+    assert_eq!(ls(&u, "ro"), Vec::<String>::new());
+    assert_upper_whiteout(&s, "a");
+    assert_upper_whiteout(&s, "ro/b");
+    assert_upper_whiteout(&s, "c");
+    assert_eq!(upper_entry(&s, "up"), None);
+    assert_lowers(&s, &before);
+}
+
+/// fuse-overlayfs #265: `sed -i` (write a temporary, then rename it over the original) failed.
+#[test]
+fn fuse_overlayfs_265_sed_in_place() {
+    let s = Stack::new(&["f etc/conf old\nm etc/conf 640"]);
+    let u = s.union();
+    let orig = at(&u, "etc/conf").unwrap();
+    put(&u, "etc/sedAbc123", "new").unwrap();
+    u.setattr(
+        &ctx(),
+        ino(&u, "etc/sedAbc123"),
+        &SetAttr {
+            mode: Some(orig.st.st_mode & 0o7777),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    mv(&u, "etc/sedAbc123", "etc/conf").unwrap();
+    assert_eq!(cat(&u, "etc/conf"), "new");
+    assert_eq!(at(&u, "etc/conf").unwrap().st.st_mode & 0o7777, 0o640);
+    assert_eq!(ls(&u, "etc"), ["conf"]);
+    assert_eq!(upper_paths(&s), ["etc", "etc/conf"], "\n{}", dump(&s.upper));
+    // And again, now that the file is in the upper.
+    put(&u, "etc/sedXyz", "newer").unwrap();
+    mv(&u, "etc/sedXyz", "etc/conf").unwrap();
+    assert_eq!(cat(&u, "etc/conf"), "newer");
+    assert_eq!(upper_paths(&s), ["etc", "etc/conf"]);
+}
+
+/// fuse-overlayfs #475: a large (SQLite) file was silently corrupted: copy-up and later writes
+/// must give exactly the expected bytes.
+#[test]
+fn fuse_overlayfs_475_large_file_copy_up_is_exact() {
+    let s = Stack::new(&[""]);
+    let len: usize = 24 << 20;
+    let mut data: Vec<u8> = Vec::with_capacity(len);
+    let mut x: u64 = 0x9e3779b97f4a7c15;
+    while data.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        data.extend_from_slice(&x.to_le_bytes());
+    }
+    fs::write(s.lowers[0].join("db"), &data).unwrap();
+    let u = s.union();
+    let i = ino(&u, "db");
+    let reader = u.open(&ctx(), i, OFlags::RDONLY).unwrap();
+    let fh = u.open(&ctx(), i, OFlags::RDWR).unwrap();
+    for (off, page) in [
+        (0usize, 0xaau8),
+        (len / 2 - 100, 0xbb),
+        (len - 4096, 0xcc),
+        (17 << 20, 0xdd),
+    ] {
+        u.write(fh, off as u64, &[page; 4096]).unwrap();
+        data[off..off + 4096].fill(page);
+    }
+    u.write(fh, len as u64, b"tail").unwrap();
+    data.extend_from_slice(b"tail");
+    u.fsync(fh, false).unwrap();
+    u.release(fh);
+    let mut got = Vec::with_capacity(data.len());
+    loop {
+        let chunk = u.read(reader, got.len() as u64, 1 << 20).unwrap();
+        if chunk.is_empty() {
+            break;
+        }
+        got.extend(chunk);
+    }
+    u.release(reader);
+    assert_eq!(got.len(), data.len());
+    assert!(
+        got == data,
+        "content differs at byte {:?}",
+        got.iter().zip(&data).position(|(a, b)| a != b)
+    );
+    assert!(fs::read(s.upper.join("db")).unwrap() == data);
+}
+
+/// unionfs-fuse #91: after renaming a directory its files were hidden.
+#[test]
+fn unionfs_fuse_91_directory_rename_keeps_files_visible() {
+    let s = Stack::new(&["f other o"]);
+    let u = s.union();
+    mkdir(&u, "x", 0o755).unwrap();
+    put(&u, "x/a", "A").unwrap();
+    put(&u, "x/b", "B").unwrap();
+    mkdir(&u, "x/sub", 0o755).unwrap();
+    put(&u, "x/sub/c", "C").unwrap();
+    let sub = ino(&u, "x/sub");
+    mv(&u, "x", "y").unwrap();
+    assert_eq!(ls(&u, "y"), ["a", "b", "sub"]);
+    assert_eq!(cat(&u, "y/a"), "A");
+    assert_eq!(cat(&u, "y/sub/c"), "C");
+    // The node looked up before the rename follows it.
+    assert_eq!(entries(&u, sub).iter().filter(|e| e.name == "c").count(), 1);
+    put(&u, "y/sub/d", "D").unwrap();
+    mv(&u, "y", "x").unwrap();
+    assert_eq!(ls(&u, "x/sub"), ["c", "d"]);
+    assert_eq!(err(at(&u, "y")), Errno::NOENT);
+    assert_eq!(ls(&s.union(), "x/sub"), ["c", "d"]);
+}
+
+/// unionfs-fuse #27: an unlink reported success but the whiteout failed, so the lower file came
+/// back. Every successful unlink must leave the name absent, also after a remount.
+#[test]
+fn unionfs_fuse_27_unlink_success_means_gone() {
+    let s = Stack::new(&["f a a\nf d/e/b b\nf c c", "f a bottom\nf c bottom"]);
+    let u = s.union();
+    put(&u, "c", "copied up").unwrap();
+    for p in ["a", "d/e/b", "c"] {
+        unlink(&u, p).unwrap();
+        assert_eq!(err(at(&u, p)), Errno::NOENT, "{p}");
+    }
+    let again = s.union();
+    for p in ["a", "d/e/b", "c"] {
+        assert_eq!(err(at(&again, p)), Errno::NOENT, "{p} after remount");
+    }
+    assert_eq!(ls(&again, ""), ["d"]);
+    assert_eq!(ls(&again, "d/e"), Vec::<String>::new());
+}
+
+/// fuse-backend-rs: an errno check that was always true turned every error into "absent".
+/// Errors other than ENOENT must come through as themselves.
+#[test]
+fn fuse_backend_rs_errors_are_not_turned_into_enoent() {
+    let s = Stack::new(&["f a a\nd locked\nf locked/in i\nm locked 000"]);
+    let u = s.union();
+    assert_eq!(err(at(&u, "missing")), Errno::NOENT);
+    assert_eq!(err(u.lookup(ROOT, os("a/b"))), Errno::INVAL);
+    assert_eq!(err(u.lookup(ROOT, os(".."))), Errno::INVAL);
+    assert_eq!(
+        err(u.lookup(ROOT, os(&"x".repeat(300)))),
+        Errno::NAMETOOLONG
+    );
+    assert_eq!(err(at(&u, "a/b")), Errno::NOTDIR);
+    assert_eq!(
+        err(u.getxattr(ino(&u, "a"), os("user.none"))),
+        Errno::NODATA
+    );
+    assert_eq!(err(u.readlink(ino(&u, "a"))), Errno::INVAL);
+    assert_eq!(err(put(&u, "a/b", "x")), Errno::NOTDIR);
+    // Root reads a mode-000 lower directory (no EACCES turned into "absent").
+    assert_eq!(ls(&u, "locked"), ["in"]);
+    assert_eq!(cat(&u, "locked/in"), "i");
+}
