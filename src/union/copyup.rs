@@ -24,6 +24,17 @@ fn is_copied_xattr(key: &str) -> bool {
     !crate::format::is_private_xattr(key) && !key.starts_with("user.fuseoverlayfs.")
 }
 
+/// What `node` (at `path`) is once copied up: in the upper; a non-directory no longer has a
+/// lower copy, and other hard links of the lower file are different files from now on.
+fn copied_up(mut node: Node, path: std::path::PathBuf) -> Node {
+    node.upper = true;
+    if !node.is_dir() {
+        node.lowers.clear();
+        node.paths = vec![path];
+    }
+    node
+}
+
 impl Union {
     /// Copies `node` up (with its data when `data` is set; open with O_TRUNC and truncate to
     /// zero need none) and returns its refreshed node. A node already in the upper is returned
@@ -35,12 +46,14 @@ impl Union {
             return Ok(node.clone());
         }
         let _ns = self.ns.write();
-        self.copy_up_locked(node.ino, data)
+        self.copy_up_locked(node, data)
     }
 
-    /// `copy_up` for callers already holding `ns` for writing.
-    pub(crate) fn copy_up_locked(&self, ino: u64, data: bool) -> Result<Node, Errno> {
-        let node = self.node(ino)?;
+    /// `copy_up` for callers already holding `ns` for writing. `node` may be one the table does
+    /// not hold (resolved by name, never looked up by the kernel); the table's copy, fresher,
+    /// wins when there is one.
+    pub(crate) fn copy_up_locked(&self, node: &Node, data: bool) -> Result<Node, Errno> {
+        let node = self.nodes.get(node.ino).unwrap_or_else(|| node.clone());
         if node.upper {
             return Ok(node);
         }
@@ -49,7 +62,10 @@ impl Union {
         let parent = path.parent().ok_or(Errno::INVAL)?;
         self.ensure_upper_dir(parent)?;
         self.copy_one(&node, &path, data)?;
-        self.node(ino)
+        Ok(self
+            .nodes
+            .get(node.ino)
+            .unwrap_or_else(|| copied_up(node, path)))
     }
 
     /// Makes every directory of union path `dir` exist in the upper, topmost first.
@@ -93,19 +109,11 @@ impl Union {
         }
         let now = sys::path::stat_at(dst_dir.as_fd(), name)?;
         self.inos.set_alias((now.st_dev, now.st_ino), node.ino);
-        let is_dir = node.is_dir();
-        if !is_dir && src.st_nlink > 1 {
+        if !node.is_dir() && src.st_nlink > 1 {
             self.inos.break_lower_link((src.st_dev, src.st_ino));
         }
-        let path = path.to_path_buf();
-        self.nodes.update(node.ino, |n| {
-            n.upper = true;
-            if !is_dir {
-                // Other hard links of the lower file are different files from now on.
-                n.lowers.clear();
-                n.paths = vec![path];
-            }
-        });
+        self.nodes
+            .update(node.ino, |n| *n = copied_up(n.clone(), path.to_path_buf()));
         Ok(())
     }
 

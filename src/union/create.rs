@@ -110,7 +110,7 @@ impl Union {
         {
             return Err(Errno::EXIST);
         }
-        let node = self.copy_up_locked(ino, true)?;
+        let node = self.copy_up_locked(&node, true)?;
         let path = node.path().ok_or(Errno::NOENT)?.to_path_buf();
         let (src_dir, src_name) = self.open_parent(0, &path)?;
         let ctx = Ctx {
@@ -162,7 +162,7 @@ impl Union {
         if self.resolve_child(&pnode, name)?.is_some() {
             return Err(Errno::EXIST);
         }
-        let pnode = self.copy_up_locked(parent, true)?;
+        let pnode = self.copy_up_locked(&pnode, true)?;
         let ppath = pnode.path().ok_or(Errno::NOENT)?.to_path_buf();
         let dir = self.layers[0].open_dir(&ppath)?;
         let pst = sys::path::fstat(&dir)?;

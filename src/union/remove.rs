@@ -42,7 +42,7 @@ impl Union {
             return Err(Errno::NOTEMPTY);
         }
         let whiteout = !victim.lowers.is_empty() || self.lower_has(&pnode, name)?;
-        let pnode = self.copy_up_locked(parent, true)?;
+        let pnode = self.copy_up_locked(&pnode, true)?;
         let dir = self.layers[0].open_dir(pnode.path().ok_or(Errno::NOENT)?)?;
         if victim.upper {
             up.remove(dir.as_fd(), name, want_dir, whiteout)?;

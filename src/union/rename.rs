@@ -82,12 +82,12 @@ impl Union {
         let dst_below = self.lower_has(&dp, newname)?;
 
         // Everything the rename touches must be in the upper.
-        self.copy_up_named(&src)?;
+        self.copy_up_locked(&src, true)?;
         if let (true, Some(d)) = (flags.exchange, &dst) {
-            self.copy_up_named(d)?;
+            self.copy_up_locked(d, true)?;
         }
-        let sp = self.copy_up_locked(parent, true)?;
-        let dp = self.copy_up_locked(newparent, true)?;
+        let sp = self.copy_up_locked(&sp, true)?;
+        let dp = self.copy_up_locked(&dp, true)?;
         let sdir = self.layers[0].open_dir(sp.path().ok_or(Errno::NOENT)?)?;
         let ddir = self.layers[0].open_dir(dp.path().ok_or(Errno::NOENT)?)?;
         let new_path = child_path(dp.path().ok_or(Errno::NOENT)?, newname);
@@ -140,20 +140,6 @@ impl Union {
         }
         self.finish_move(&src, &src_path, &new_path);
         Ok(())
-    }
-
-    /// Copies up `n`, resolved by name: in-process callers rename without looking the names
-    /// up first, so the node may be unknown to the table; it is held only for the copy-up.
-    fn copy_up_named(&self, n: &Node) -> Result<(), Errno> {
-        let known = self.nodes.get(n.ino).is_some();
-        if !known {
-            self.nodes.upsert(n.clone(), false);
-        }
-        let r = self.copy_up_locked(n.ino, true).map(|_| ());
-        if !known {
-            self.nodes.forget(n.ino, 0);
-        }
-        r
     }
 
     /// Updates the node table after `src` moved from `from` to `to` (replacing what was there).
