@@ -24,13 +24,13 @@ fn is_copied_xattr(key: &str) -> bool {
     !crate::format::is_private_xattr(key) && !key.starts_with("user.fuseoverlayfs.")
 }
 
-/// What `node` (at `path`) is once copied up: in the upper; a non-directory no longer has a
-/// lower copy, and other hard links of the lower file are different files from now on.
-fn copied_up(mut node: Node, path: std::path::PathBuf) -> Node {
+/// What `node` is once copied up (to `paths`, its names in the upper): in the upper; a
+/// non-directory no longer has a lower copy.
+fn copied_up(mut node: Node, paths: Vec<std::path::PathBuf>) -> Node {
     node.upper = true;
     if !node.is_dir() {
         node.lowers.clear();
-        node.paths = vec![path];
+        node.paths = paths;
     }
     node
 }
@@ -62,10 +62,32 @@ impl Union {
         let parent = path.parent().ok_or(Errno::INVAL)?;
         self.ensure_upper_dir(parent)?;
         self.copy_one(&node, &path, data)?;
+        // The kernel caches every name it looked up of a hard-linked lower file as this one
+        // node, and open/setattr do not say which name they came through: link those names to
+        // the copy so all of them keep showing one file (what the kernel's index=on does).
+        // Names of the lower file never looked up stay in the lower, renumbered (see copy_one).
+        let mut paths = vec![path.clone()];
+        for alias in node.paths.iter().filter(|p| **p != path) {
+            match self.link_alias(&path, alias) {
+                Ok(()) => paths.push(alias.clone()),
+                Err(e) => log::warn!("copy-up: {} stays a lower file: {e}", alias.display()),
+            }
+        }
+        let ours = paths.clone();
+        self.nodes
+            .update(node.ino, |n| *n = copied_up(n.clone(), ours));
         Ok(self
             .nodes
             .get(node.ino)
-            .unwrap_or_else(|| copied_up(node, path)))
+            .unwrap_or_else(|| copied_up(node, paths)))
+    }
+
+    /// Makes `alias` a hard link to the already copied-up `path` in the upper.
+    fn link_alias(&self, path: &Path, alias: &Path) -> Result<(), Errno> {
+        self.ensure_upper_dir(alias.parent().ok_or(Errno::INVAL)?)?;
+        let (src_dir, src_name) = self.open_parent(0, path)?;
+        let (dst_dir, dst_name) = self.open_parent(0, alias)?;
+        rustix::fs::linkat(&src_dir, src_name, &dst_dir, dst_name, AtFlags::empty())
     }
 
     /// Makes every directory of union path `dir` exist in the upper, topmost first.
@@ -112,8 +134,7 @@ impl Union {
         if !node.is_dir() && src.st_nlink > 1 {
             self.inos.break_lower_link((src.st_dev, src.st_ino));
         }
-        self.nodes
-            .update(node.ino, |n| *n = copied_up(n.clone(), path.to_path_buf()));
+        self.nodes.update(node.ino, |n| n.upper = true);
         Ok(())
     }
 

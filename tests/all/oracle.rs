@@ -1035,36 +1035,6 @@ fn whiteout_lifecycle() {
     });
 }
 
-/// Hard links that already exist in a lower layer; one name is copied up.
-#[test]
-#[ignore = "BUG: after copy-up of one name of a hard-linked lower file, the other names the kernel \
-            already looked up share its FUSE node, so for the entry timeout they show the copied-up \
-            file (fix needs a kernel entry invalidation, or one node per lower alias)"]
-fn lower_hard_links() {
-    check(&Script {
-        lowers: &["f h H\nh h2 h\nd d\nh d/h3 h\nf solo S", "f h LOW"],
-        upper: "",
-        ops: LOWER_HARD_LINK_OPS,
-    });
-}
-
-const LOWER_HARD_LINK_OPS: &[Op] = &[
-    Op::Append("h", "+"),
-    Op::Stat("h"),
-    Op::Stat("h2"),
-    Op::Read("h2"),
-    Op::Read("d/h3"),
-    Op::Link("h2", "h4"),
-    Op::Stat("h4"),
-    Op::Stat("d/h3"),
-    Op::Unlink("d/h3"),
-    Op::Stat("h2"),
-    Op::Link("solo", "solo2"),
-    Op::Rename("solo2", "solo"),
-    Op::Stat("solo"),
-    Op::Stat("solo2"),
-];
-
 /// The private xattrs: unionmount never lists, reads or sets `trusted.overlay.*` or
 /// `user.overlay.*` through the mount (SEMANTICS.md). The kernel differs, and each difference is
 /// asserted here so that a change on either side is noticed.
