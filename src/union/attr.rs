@@ -98,12 +98,17 @@ impl Union {
     /// upper filesystem gives (EPERM, EINVAL, ENOSPC).
     pub fn setattr(&self, _ctx: &Ctx, ino: u64, set: &SetAttr) -> Result<Attr, Errno> {
         let node = self.node(ino)?;
+        // Refuse what cannot succeed before copying anything up (the kernel's VFS refuses
+        // these before overlayfs is asked).
+        if set.size.is_some() && node.is_dir() {
+            return Err(Errno::ISDIR);
+        }
+        if set.mode.is_some() && node.kind == FileType::Symlink {
+            return Err(Errno::OPNOTSUPP);
+        }
         // Truncating to zero needs no data copy.
         let node = self.copy_up(&node, set.size != Some(0))?;
         if let Some(size) = set.size {
-            if node.is_dir() {
-                return Err(Errno::ISDIR);
-            }
             match set.fh.and_then(|fh| self.files.get(fh)) {
                 Some(h) if h.on_upper.load(std::sync::atomic::Ordering::Acquire) => {
                     rustix::fs::ftruncate(&*h.fd.read(), size)?
@@ -126,9 +131,6 @@ impl Union {
                     rustix::fs::chownat(&dir, name, uid, gid, AtFlags::SYMLINK_NOFOLLOW)?;
                 }
                 if let Some(mode) = set.mode {
-                    if node.kind == FileType::Symlink {
-                        return Err(Errno::OPNOTSUPP);
-                    }
                     rustix::fs::chmodat(
                         &dir,
                         name,

@@ -1476,3 +1476,45 @@ fn rename_of_an_opaque_directory_made_over_a_whiteout() {
     assert_work_empty(&s);
     assert_lowers(&s, &before);
 }
+
+/// `-o userxattr` (and every unprivileged mount): markers written to the upper go to
+/// `user.overlay.*`, the kernel's userxattr format; nothing is written as `trusted.*`.
+#[test]
+fn userxattr_mode_writes_user_overlay_markers() {
+    let s = Stack::new(&["d d\nf d/a a"]);
+    let mut cfg = s.config();
+    cfg.xattr_ns = unionmount::config::XattrNamespace::User;
+    let u = Union::new(&cfg).unwrap();
+    unlink(&u, "d/a").unwrap();
+    rmdir(&u, "d").unwrap();
+    mkdir(&u, "d", 0o755).unwrap();
+    assert_eq!(ls(&u, "d"), Vec::<String>::new());
+    let up = dump(&s.upper);
+    assert!(up.contains("user.overlay.opaque=y"), "{up}");
+    assert!(!up.contains("trusted."), "{up}");
+}
+
+/// chmod of a lower symlink and truncate of a lower directory fail without copying anything
+/// up (the kernel's VFS refuses them before overlayfs sees them).
+#[test]
+fn refused_setattr_copies_nothing_up() {
+    let s = Stack::new(&["l link target\nd dir"]);
+    let u = s.union();
+    let chmod = SetAttr {
+        mode: Some(0o600),
+        ..Default::default()
+    };
+    assert_eq!(
+        err(u.setattr(&ctx(), ino(&u, "link"), &chmod)),
+        Errno::OPNOTSUPP
+    );
+    let truncate = SetAttr {
+        size: Some(0),
+        ..Default::default()
+    };
+    assert_eq!(
+        err(u.setattr(&ctx(), ino(&u, "dir"), &truncate)),
+        Errno::ISDIR
+    );
+    assert_eq!(upper_paths(&s), Vec::<String>::new());
+}
