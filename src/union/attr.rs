@@ -76,6 +76,7 @@ impl Union {
     ///
     /// Errors: ENOENT when the node is unknown or its object vanished.
     pub fn getattr(&self, ino: u64) -> Result<Attr, Errno> {
+        let _ns = self.ns.read();
         let node = self.node(ino)?;
         self.attr_of(&node)
     }
@@ -108,6 +109,9 @@ impl Union {
         }
         // Truncating to zero needs no data copy.
         let node = self.copy_up(&node, set.size != Some(0))?;
+        // No rename may move the object while it is changed through its path.
+        let _ns = self.ns.read();
+        let node = self.node(node.ino).unwrap_or(node);
         if let Some(size) = set.size {
             match set.fh.and_then(|fh| self.files.get(fh)) {
                 Some(h) if h.on_upper.load(std::sync::atomic::Ordering::Acquire) => {
@@ -159,6 +163,7 @@ impl Union {
     ///
     /// Errors: EINVAL when it is not a symlink, ENOENT.
     pub fn readlink(&self, ino: u64) -> Result<Vec<u8>, Errno> {
+        let _ns = self.ns.read();
         let node = self.node(ino)?;
         if node.kind != FileType::Symlink {
             return Err(Errno::INVAL);
@@ -179,6 +184,7 @@ impl Union {
     /// access(2): existence, and EROFS for write access to a read-only union. Permission bits
     /// are checked by the kernel (default_permissions).
     pub fn access(&self, ino: u64, mask: u32) -> Result<(), Errno> {
+        let _ns = self.ns.read();
         let node = self.node(ino)?;
         self.attr_of(&node)?;
         if mask & 2 != 0 && self.is_read_only() {
@@ -196,12 +202,14 @@ impl Union {
         if format::is_private_xattr(key) {
             return Err(Errno::NODATA);
         }
+        let _ns = self.ns.read();
         let node = self.node(ino)?;
         self.with_top(&node, |dir, name| sys::xattr::get(dir, name, key))
     }
 
     /// The names of the xattrs of `ino`, private ones left out.
     pub fn listxattr(&self, ino: u64) -> Result<Vec<String>, Errno> {
+        let _ns = self.ns.read();
         let node = self.node(ino)?;
         let mut keys = self.with_top(&node, sys::xattr::list)?;
         keys.retain(|k| !format::is_private_xattr(k));
@@ -216,7 +224,9 @@ impl Union {
         if format::is_private_xattr(key) {
             return Err(Errno::PERM);
         }
-        let node = self.copy_up(&self.node(ino)?, true)?;
+        self.copy_up(&self.node(ino)?, true)?;
+        let _ns = self.ns.read();
+        let node = self.node(ino)?;
         let flags = XattrFlags::from_bits(flags).ok_or(Errno::INVAL)?;
         self.with_top(&node, |dir, name| {
             sys::xattr::set(dir, name, key, value, flags)
@@ -234,7 +244,9 @@ impl Union {
         let node = self.node(ino)?;
         // Removing an absent xattr must not copy up.
         self.getxattr(ino, OsStr::new(key))?;
-        let node = self.copy_up(&node, true)?;
+        self.copy_up(&node, true)?;
+        let _ns = self.ns.read();
+        let node = self.node(ino)?;
         self.with_top(&node, |dir, name| sys::xattr::remove(dir, name, key))
     }
 

@@ -38,6 +38,8 @@ impl Union {
         } else {
             node
         };
+        let _ns = self.ns.read();
+        let node = self.node(node.ino).unwrap_or(node);
         let layer = node.top_layer().ok_or(Errno::NOENT)?;
         let path = node.path().ok_or(Errno::NOENT)?;
         let (dir, name) = self.open_parent(layer, path)?;
