@@ -100,32 +100,35 @@ impl Union {
         }
         let _ns = self.ns.write();
         // Refuse a bad or taken name before copying anything up.
-        sys::path::check_name(newname)?;
-        if format::is_marker_name(newname) {
-            return Err(Errno::INVAL);
-        }
-        if self
-            .resolve_child(&self.node(newparent)?, newname)?
-            .is_some()
-        {
-            return Err(Errno::EXIST);
-        }
+        self.check_new_name(&self.node(newparent)?, newname)?;
         let node = self.copy_up_locked(&node, true)?;
         let path = node.path().ok_or(Errno::NOENT)?.to_path_buf();
         let (src_dir, src_name) = self.open_parent(0, &path)?;
-        let ctx = Ctx {
-            uid: 0,
-            gid: 0,
-            umask: 0,
-        };
+        // A link keeps its file's owner and mode: the credentials go unused.
         let r = self.create_locked(
-            &ctx,
+            &Ctx::current(),
             newparent,
             newname,
             0,
             NewObject::Link(src_dir.as_fd(), src_name),
         );
         Ok(r?.0)
+    }
+
+    /// Errors for a name that cannot be created in `parent`: EINVAL (not one component, or a
+    /// `.wh.*` marker name, which the upper would read as a whiteout), ENOTDIR, EEXIST.
+    fn check_new_name(&self, parent: &crate::node::Node, name: &OsStr) -> Result<(), Errno> {
+        sys::path::check_name(name)?;
+        if format::is_marker_name(name) {
+            return Err(Errno::INVAL);
+        }
+        if !parent.is_dir() {
+            return Err(Errno::NOTDIR);
+        }
+        if self.resolve_child(parent, name)?.is_some() {
+            return Err(Errno::EXIST);
+        }
+        Ok(())
     }
 
     fn create_object(
@@ -149,19 +152,9 @@ impl Union {
         mode: u32,
         spec: NewObject<'_>,
     ) -> Result<(Attr, Option<OwnedFd>), Errno> {
-        sys::path::check_name(name)?;
-        if format::is_marker_name(name) {
-            // A `.wh.*` name in the upper would be read as a marker by us and by other tools.
-            return Err(Errno::INVAL);
-        }
         let up = self.upper()?;
         let pnode = self.node(parent)?;
-        if !pnode.is_dir() {
-            return Err(Errno::NOTDIR);
-        }
-        if self.resolve_child(&pnode, name)?.is_some() {
-            return Err(Errno::EXIST);
-        }
+        self.check_new_name(&pnode, name)?;
         let pnode = self.copy_up_locked(&pnode, true)?;
         let ppath = pnode.path().ok_or(Errno::NOENT)?.to_path_buf();
         let dir = self.layers[0].open_dir(&ppath)?;
