@@ -124,23 +124,40 @@ impl NodeTable {
         }
     }
 
-    /// Forgets the path `path` of whichever node has it (the name was unlinked or replaced).
-    pub fn unlink_path(&self, path: &Path) {
-        for n in self.map.write().values_mut() {
+    /// Forgets the path `path` of node `ino` (the name was unlinked or replaced).
+    pub fn unlink_path(&self, ino: u64, path: &Path) {
+        if let Some(n) = self.map.write().get_mut(&ino) {
             n.paths.retain(|p| p != path);
         }
     }
 
-    /// Rewrites every path at or below `from` to live below `to` instead (a rename).
-    pub fn move_paths(&self, from: &Path, to: &Path) {
-        for n in self.map.write().values_mut() {
+    /// Rewrites paths after a rename: a path equal to or below the `from` of a move is moved
+    /// below its `to`; the moves apply at once, so an exchange is two moves. Only the nodes
+    /// `inos` are visited, unless a directory moved (`subtree`): then every node is, since its
+    /// descendants move too.
+    pub fn rename_paths(&self, moves: &[(&Path, &Path)], inos: &[u64], subtree: bool) {
+        let rewrite = |n: &mut Node| {
             for p in n.paths.iter_mut() {
-                if let Ok(rest) = p.strip_prefix(from) {
-                    *p = if rest.as_os_str().is_empty() {
+                let moved = moves.iter().find_map(|(from, to)| {
+                    let rest = p.strip_prefix(from).ok()?;
+                    Some(if rest.as_os_str().is_empty() {
                         to.to_path_buf()
                     } else {
                         to.join(rest)
-                    };
+                    })
+                });
+                if let Some(m) = moved {
+                    *p = m;
+                }
+            }
+        };
+        let mut map = self.map.write();
+        if subtree {
+            map.values_mut().for_each(rewrite);
+        } else {
+            for ino in inos {
+                if let Some(n) = map.get_mut(ino) {
+                    rewrite(n);
                 }
             }
         }

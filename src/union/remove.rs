@@ -50,7 +50,7 @@ impl Union {
             up.make_whiteout(dir.as_fd(), name)?;
         }
         let path = child_path(pnode.path().ok_or(Errno::NOENT)?, name);
-        self.nodes.unlink_path(&path);
+        self.nodes.unlink_path(victim.ino, &path);
         Ok(())
     }
 }

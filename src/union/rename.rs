@@ -9,6 +9,7 @@
 
 use std::ffi::OsStr;
 use std::os::fd::AsFd;
+use std::path::Path;
 
 use rustix::fs::{FileType, RenameFlags as SysRename};
 
@@ -101,10 +102,12 @@ impl Union {
                 up.set_opaque(ddir.as_fd(), Some(newname))?;
             }
             rustix::fs::renameat_with(&sdir, name, &ddir, newname, SysRename::EXCHANGE)?;
-            let tmp = std::path::PathBuf::from("\0exchange");
-            self.nodes.move_paths(&src_path, &tmp);
-            self.nodes.move_paths(&new_path, &src_path);
-            self.nodes.move_paths(&tmp, &new_path);
+            let d = dst.as_ref().ok_or(Errno::NOENT)?;
+            self.nodes.rename_paths(
+                &[(&src_path, &new_path), (&new_path, &src_path)],
+                &[src.ino, d.ino],
+                src.is_dir() || d.is_dir(),
+            );
             return Ok(());
         }
 
@@ -122,7 +125,7 @@ impl Union {
                 if !src_below {
                     rustix::fs::unlinkat(&sdir, name, rustix::fs::AtFlags::empty())?;
                 }
-                self.finish_move(&src, &src_path, &new_path);
+                self.finish_move(&src, dst.as_ref(), &src_path, &new_path);
                 return Ok(());
             }
         }
@@ -138,14 +141,17 @@ impl Union {
             }
             r => r?,
         }
-        self.finish_move(&src, &src_path, &new_path);
+        self.finish_move(&src, dst.as_ref(), &src_path, &new_path);
         Ok(())
     }
 
-    /// Updates the node table after `src` moved from `from` to `to` (replacing what was there).
-    fn finish_move(&self, src: &Node, from: &std::path::Path, to: &std::path::Path) {
-        self.nodes.unlink_path(to);
-        self.nodes.move_paths(from, to);
+    /// Updates the node table after `src` moved from `from` to `to`, replacing `dst`.
+    fn finish_move(&self, src: &Node, dst: Option<&Node>, from: &Path, to: &Path) {
+        if let Some(d) = dst {
+            self.nodes.unlink_path(d.ino, to);
+        }
+        self.nodes
+            .rename_paths(&[(from, to)], &[src.ino], src.is_dir());
         if src.is_dir() {
             // It was upper-only; after the move it merges nothing (opaque or nothing below).
             self.nodes.update(src.ino, |n| n.lowers.clear());
