@@ -140,7 +140,7 @@ fn oflags(flags: OpenFlags) -> OFlags {
 impl Adapter {
     fn reply_entry(&self, r: Result<Attr, Errno>, reply: ReplyEntry) {
         match r {
-            Ok(a) => reply.entry(&self.ttl, &file_attr(&a), Generation(0)),
+            Ok(a) => reply.entry(&self.ttl, &file_attr(&a), Generation(a.generation)),
             Err(e) => reply.error(fuse_errno(e)),
         }
     }
@@ -465,7 +465,7 @@ impl Filesystem for Adapter {
                 &e.name,
                 &self.ttl,
                 &file_attr(&attr),
-                Generation(0),
+                Generation(attr.generation),
             ) {
                 if !dot {
                     self.union.forget(attr.ino, 1);
@@ -572,7 +572,7 @@ impl Filesystem for Adapter {
             Ok((a, fh)) => reply.created(
                 &self.ttl,
                 &file_attr(&a),
-                Generation(0),
+                Generation(a.generation),
                 FileHandle(fh),
                 FopenFlags::empty(),
             ),

@@ -33,6 +33,10 @@ pub struct Node {
     /// Layer indices (of `lowers`) whose copy of this directory may hold xattr whiteouts.
     pub xwhiteouts: Vec<usize>,
     pub lookups: u64,
+    /// Told to the kernel with the node id: it changes when the id, an inode number, is
+    /// reused by the upper filesystem for a new object while the kernel may still hold the
+    /// old one (see `NodeTable::upsert`).
+    pub generation: u64,
 }
 
 impl Node {
@@ -79,14 +83,24 @@ impl NodeTable {
         self.map.read().get(&ino).cloned()
     }
 
-    /// Inserts or refreshes the node for `fresh` (same ino) and counts one kernel reference
-    /// when `count` is set. An existing node keeps its lookup count and gains `fresh`'s path.
-    pub fn upsert(&self, fresh: Node, count: bool) -> Node {
+    /// Inserts or refreshes the node for `fresh` (same ino) and counts one kernel reference.
+    /// An existing node keeps its lookup count and gains `fresh`'s path.
+    ///
+    /// An existing node without paths is a removed object; when `is_open(ino)` says nothing
+    /// holds it open either, the backing inode is free and `fresh` is a new object that the
+    /// filesystem gave the same inode number. The kernel may still hold the dead one (a
+    /// removed directory it has not forgotten yet, where creating anything gives ENOENT), so
+    /// the generation changes: the kernel then drops its old inode instead of reusing it.
+    pub fn upsert(&self, fresh: Node, is_open: impl Fn(u64) -> bool) -> Node {
         let mut map = self.map.write();
         let n = map.entry(fresh.ino).or_insert_with(|| Node {
             lookups: 0,
             ..fresh.clone()
         });
+        if n.paths.is_empty() && (n.is_dir() || !is_open(n.ino)) {
+            n.generation += 1;
+            n.paths.clear();
+        }
         let path = fresh.paths[0].clone();
         n.kind = fresh.kind;
         n.upper = fresh.upper;
@@ -100,9 +114,7 @@ impl NodeTable {
         } else {
             n.paths.insert(0, path);
         }
-        if count {
-            n.lookups += 1;
-        }
+        n.lookups += 1;
         n.clone()
     }
 
@@ -170,5 +182,67 @@ impl NodeTable {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(ino: u64, kind: FileType, path: &str) -> Node {
+        Node {
+            ino,
+            kind,
+            paths: vec![PathBuf::from(path)],
+            upper: true,
+            lowers: Vec::new(),
+            xwhiteouts: Vec::new(),
+            lookups: 0,
+            generation: 0,
+        }
+    }
+
+    #[test]
+    fn a_removed_object_reappearing_gets_a_new_generation() {
+        let t = NodeTable::default();
+        let closed = |_| false;
+        assert_eq!(
+            t.upsert(node(7, FileType::Directory, "a"), closed)
+                .generation,
+            0
+        );
+        // Looked up again while alive: same object.
+        assert_eq!(
+            t.upsert(node(7, FileType::Directory, "a"), closed)
+                .generation,
+            0
+        );
+        t.unlink_path(7, Path::new("a"));
+        let again = t.upsert(node(7, FileType::Directory, "b"), closed);
+        assert_eq!(again.generation, 1);
+        assert_eq!(
+            again.lookups, 3,
+            "the kernel forgets both inodes under the one id"
+        );
+        assert_eq!(again.paths, [PathBuf::from("b")]);
+    }
+
+    #[test]
+    fn an_unlinked_open_file_is_still_the_same_object() {
+        let t = NodeTable::default();
+        t.upsert(node(9, FileType::RegularFile, "f"), |_| true);
+        t.unlink_path(9, Path::new("f"));
+        // Held open, so its inode number cannot have been reused: another name of it.
+        assert_eq!(
+            t.upsert(node(9, FileType::RegularFile, "g"), |_| true)
+                .generation,
+            0
+        );
+        t.unlink_path(9, Path::new("g"));
+        assert_eq!(
+            t.upsert(node(9, FileType::RegularFile, "h"), |_| false)
+                .generation,
+            1
+        );
     }
 }

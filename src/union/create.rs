@@ -220,7 +220,7 @@ impl Union {
             swapped?;
         }
         let resolved = self.resolve_child(&pnode, name)?.ok_or(Errno::IO)?;
-        let node = self.nodes.upsert(resolved.node, true);
+        let node = self.remember(resolved.node);
         Ok((self.attr_from(&node, resolved.top), fd))
     }
 }
@@ -230,9 +230,8 @@ fn make(dir: BorrowedFd<'_>, name: &OsStr, spec: &NewObject<'_>) -> Result<Optio
     match *spec {
         NewObject::Dir => rustix::fs::mkdirat(dir, name, Mode::from_raw_mode(0o700)).map(|()| None),
         NewObject::File(flags) => {
-            let flags = (flags & !(OFlags::TRUNC | OFlags::CREATE | OFlags::EXCL))
-                | OFlags::CREATE
-                | OFlags::EXCL;
+            let flags =
+                (super::file::open_flags(flags) & !OFlags::TRUNC) | OFlags::CREATE | OFlags::EXCL;
             sys::path::open_at(dir, name, flags, 0o600).map(Some)
         }
         NewObject::Symlink(target) => rustix::fs::symlinkat(target, dir, name).map(|()| None),

@@ -13,9 +13,20 @@ use super::{Ctx, Union};
 use crate::node::handle::FileHandle;
 use crate::sys::{self, Errno};
 
-/// Flags that only make sense when creating, or that we set ourselves.
-fn open_flags(flags: OFlags) -> OFlags {
-    flags & !(OFlags::CREATE | OFlags::EXCL | OFlags::NOCTTY)
+/// The flags of an open request that are passed on to the backing file. The kernel's
+/// requests carry internal bits too (exec opens carry `__FMODE_EXEC`), which openat2, unlike
+/// open, refuses with EINVAL; creation flags are the engine's business.
+pub(crate) fn open_flags(flags: OFlags) -> OFlags {
+    flags
+        & (OFlags::ACCMODE
+            | OFlags::APPEND
+            | OFlags::NONBLOCK
+            | OFlags::SYNC
+            | OFlags::DSYNC
+            | OFlags::DIRECT
+            | OFlags::LARGEFILE
+            | OFlags::NOATIME
+            | OFlags::TRUNC)
 }
 
 fn wants_write(flags: OFlags) -> bool {

@@ -57,6 +57,8 @@ impl Ctx {
 #[derive(Clone, Copy, Debug)]
 pub struct Attr {
     pub ino: u64,
+    /// Changes when `ino` names a new object (see `NodeTable::upsert`).
+    pub generation: u64,
     pub st: Stat,
 }
 
@@ -107,7 +109,7 @@ impl Union {
             ns: RwLock::new(()),
         };
         let root = u.resolve_root()?;
-        u.nodes.upsert(root, true);
+        u.remember(root);
         Ok(u)
     }
 
@@ -149,6 +151,13 @@ impl Union {
         sys::path::stat_at(dir.as_fd(), name)
     }
 
+    /// Counts one kernel reference to the object `fresh` describes (a lookup or creation
+    /// reply) and returns its node.
+    fn remember(&self, fresh: Node) -> Node {
+        self.nodes
+            .upsert(fresh, |ino| self.files.find(|h| h.ino == ino).is_some())
+    }
+
     /// Builds the attributes the union shows for `node` from the backing stat `st`.
     fn attr_from(&self, node: &Node, mut st: Stat) -> Attr {
         st.st_ino = node.ino;
@@ -157,7 +166,11 @@ impl Union {
             // nlink 1 tells find(1) and friends not to rely on it.
             st.st_nlink = 1;
         }
-        Attr { ino: node.ino, st }
+        Attr {
+            ino: node.ino,
+            generation: node.generation,
+            st,
+        }
     }
 
     /// The root node, resolved from the layer roots.
@@ -170,6 +183,7 @@ impl Union {
             lowers: Vec::new(),
             xwhiteouts: Vec::new(),
             lookups: 0,
+            generation: 0,
         };
         // Like the kernel, an opaque marker on a layer root is ignored: the root always merges
         // every lower.

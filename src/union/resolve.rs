@@ -30,7 +30,7 @@ impl Union {
         let _ns = self.ns.read();
         let p = self.node(parent)?;
         let r = self.resolve_child(&p, name)?.ok_or(Errno::NOENT)?;
-        let node = self.nodes.upsert(r.node, true);
+        let node = self.remember(r.node);
         Ok(self.attr_from(&node, r.top))
     }
 
@@ -87,6 +87,7 @@ impl Union {
                         lowers: Vec::new(),
                         xwhiteouts: Vec::new(),
                         lookups: 0,
+                        generation: 0,
                     };
                     node.ino = self.inos.of((st.st_dev, st.st_ino));
                     if !node.upper {
