@@ -41,7 +41,10 @@ impl Adapter {
     }
 }
 
+/// The one conversion of engine errors into replies (traced with `-d`, since fuser logs
+/// requests but not their outcome).
 fn fuse_errno(e: Errno) -> fuser::Errno {
+    log::debug!("reply error: {e}");
     fuser::Errno::from_i32(e.raw_os_error())
 }
 
