@@ -31,7 +31,12 @@ pub struct Upper {
     pub workdir: OwnedFd,
     pub keys: MarkerKeys,
     next_tmp: AtomicU64,
+    /// Whether `WORK_SUBDIR/SHARED_WHITEOUT` exists for new whiteouts to be hard links to.
+    shared_whiteout: parking_lot::Mutex<bool>,
 }
+
+/// The whiteout in the work directory that whiteouts are hard links to.
+pub const SHARED_WHITEOUT: &str = "whiteout";
 
 impl Upper {
     /// Opens the upper and prepares `WORKDIR/work`, clearing what a crashed mount left there.
@@ -55,6 +60,7 @@ impl Upper {
             workdir: wd.root,
             keys: MarkerKeys::new(ns.overlay_prefix()),
             next_tmp: AtomicU64::new(0),
+            shared_whiteout: parking_lot::Mutex::new(false),
         };
         up.clear_work()?;
         Ok(up)
@@ -76,8 +82,32 @@ impl Upper {
     }
 
     /// Creates a kernel-format whiteout (char 0/0) at `name` in `dir`.
+    ///
+    /// Like the kernel, whiteouts are hard links to one whiteout kept in the work directory:
+    /// allocating a fresh inode for each is what made `rm -rf` of a lower tree slow (ext4
+    /// scans for recently deleted inodes on every allocation). When a link is refused (too
+    /// many links, or a filesystem without hard links to devices) a fresh one is made.
     pub fn make_whiteout(&self, dir: BorrowedFd<'_>, name: &OsStr) -> Result<(), Errno> {
-        rustix::fs::mknodat(dir, name, FileType::CharacterDevice, Mode::empty(), 0)
+        let src = OsStr::new(SHARED_WHITEOUT);
+        let mut shared = self.shared_whiteout.lock();
+        for _ in 0..2 {
+            if !*shared {
+                // Full (its links elsewhere stay), or never made: start a new one.
+                let _ = rustix::fs::unlinkat(&self.work, src, AtFlags::empty());
+                new_whiteout(self.work.as_fd(), src)?;
+                *shared = true;
+            }
+            match rustix::fs::linkat(&self.work, src, dir, name, AtFlags::empty()) {
+                Ok(()) => return Ok(()),
+                Err(Errno::MLINK) | Err(Errno::NOENT) => *shared = false,
+                Err(Errno::EXIST) => return Err(Errno::EXIST),
+                Err(e) => {
+                    log::debug!("whiteouts cannot be hard links here ({e}); making each anew");
+                    break;
+                }
+            }
+        }
+        new_whiteout(dir, name)
     }
 
     /// Marks the directory `name` in `dir` opaque.
@@ -123,6 +153,18 @@ impl Upper {
             rustix::fs::renameat_with(dir, name, &self.work, &tmp, RenameFlags::NOREPLACE)?;
         }
         remove_tree(self.work.as_fd(), &tmp)
+    }
+}
+
+fn new_whiteout(dir: BorrowedFd<'_>, name: &OsStr) -> Result<(), Errno> {
+    rustix::fs::mknodat(dir, name, FileType::CharacterDevice, Mode::empty(), 0)
+}
+
+impl Drop for Upper {
+    /// Leaves the workdir empty at unmount (the next mount, ours or the kernel's, would clear
+    /// it anyway).
+    fn drop(&mut self) {
+        let _ = rustix::fs::unlinkat(&self.work, SHARED_WHITEOUT, AtFlags::empty());
     }
 }
 
