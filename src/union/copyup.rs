@@ -7,9 +7,9 @@
 //! workdir, which the next mount clears. Regular files are fsync'ed before the rename, as the
 //! kernel does, so a power loss cannot make an empty copy visible.
 
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags, Stat, Timestamps, XattrFlags};
 
@@ -17,6 +17,13 @@ use super::Union;
 use crate::layer::upper::remove_tree;
 use crate::node::Node;
 use crate::sys::{self, Errno};
+
+/// A complete copy of a lower object, waiting in the work directory under `tmp`.
+struct Staged {
+    tmp: OsString,
+    /// The lower object's stat when it was copied.
+    src: Stat,
+}
 
 /// xattr prefixes never copied up: the overlay's private ones, and fuse-overlayfs's opaque
 /// marker (copied, it would make a merged directory opaque).
@@ -45,23 +52,63 @@ impl Union {
         if node.upper {
             return Ok(node.clone());
         }
+        // The data copy, the slow part, runs without the namespace lock, so a large copy-up
+        // does not stall every lookup. That is safe: a lower file never changes, and neither
+        // does its path until it is copied up (renaming it copies it up first; directories
+        // above it have lower copies, so renaming them gives EXDEV). If it was unlinked or
+        // copied up meanwhile, the staged copy is dropped below.
+        let staged = match (data, node.kind, node.path()) {
+            (true, FileType::RegularFile, Some(path)) => {
+                Some((path.to_path_buf(), self.stage_one(node, path, true)?))
+            }
+            _ => None,
+        };
         let _ns = self.ns.write();
-        self.copy_up_locked(node, data)
+        self.copy_up_staged(node, data, staged)
     }
 
     /// `copy_up` for callers already holding `ns` for writing. `node` may be one the table does
     /// not hold (resolved by name, never looked up by the kernel); the table's copy, fresher,
     /// wins when there is one.
     pub(crate) fn copy_up_locked(&self, node: &Node, data: bool) -> Result<Node, Errno> {
+        self.copy_up_staged(node, data, None)
+    }
+
+    /// `copy_up_locked`, using `staged` (a copy of the object at a path) when it still fits.
+    fn copy_up_staged(
+        &self,
+        node: &Node,
+        data: bool,
+        staged: Option<(PathBuf, Staged)>,
+    ) -> Result<Node, Errno> {
         let node = self.nodes.get(node.ino).unwrap_or_else(|| node.clone());
+        let staged = match staged {
+            Some((p, s)) if !node.upper && node.paths.contains(&p) => Some((p, s)),
+            Some((_, s)) => {
+                self.discard(s);
+                None
+            }
+            None => None,
+        };
         if node.upper {
             return Ok(node);
         }
         self.upper()?;
-        let path = node.path().ok_or(Errno::NOENT)?.to_path_buf();
+        let path = match &staged {
+            Some((p, _)) => p.clone(),
+            None => node.path().ok_or(Errno::NOENT)?.to_path_buf(),
+        };
         let parent = path.parent().ok_or(Errno::INVAL)?;
-        self.ensure_upper_dir(parent)?;
-        self.copy_one(&node, &path, data)?;
+        if let Err(e) = self.ensure_upper_dir(parent) {
+            if let Some((_, s)) = staged {
+                self.discard(s);
+            }
+            return Err(e);
+        }
+        match staged {
+            Some((_, s)) => self.place(&node, &path, s)?,
+            None => self.copy_one(&node, &path, data)?,
+        }
         // The kernel caches every name it looked up of a hard-linked lower file as this one
         // node, and open/setattr do not say which name they came through: link those names to
         // the copy so all of them keep showing one file (what the kernel's index=on does).
@@ -115,20 +162,53 @@ impl Union {
 
     /// Copies the single object `node` at `path` (whose parent is already in the upper).
     fn copy_one(&self, node: &Node, path: &Path, data: bool) -> Result<(), Errno> {
+        let staged = self.stage_one(node, path, data)?;
+        self.place(node, path, staged)
+    }
+
+    /// Builds a complete copy of the lower object `node` at `path` in the work directory.
+    fn stage_one(&self, node: &Node, path: &Path, data: bool) -> Result<Staged, Errno> {
         let up = self.upper()?;
         let layer = *node.lowers.first().ok_or(Errno::NOENT)?;
         let (src_dir, name) = self.open_parent(layer, path)?;
         let src = sys::path::stat_at(src_dir.as_fd(), name)?;
-        let (dst_dir, _) = self.open_parent(0, path)?;
         let tmp = up.tmp_name();
-        let staged = self.stage_copy(src_dir.as_fd(), name, &src, &tmp, data);
-        let placed = staged.and_then(|()| {
-            rustix::fs::renameat_with(&up.work, &tmp, &dst_dir, name, RenameFlags::NOREPLACE)
-        });
-        if let Err(e) = placed {
+        if let Err(e) = self.stage_copy(src_dir.as_fd(), name, &src, &tmp, data) {
             let _ = remove_tree(up.work.as_fd(), &tmp);
             return Err(e);
         }
+        Ok(Staged { tmp, src })
+    }
+
+    /// Drops a staged copy that is not needed any more.
+    fn discard(&self, staged: Staged) {
+        if let Ok(up) = self.upper() {
+            let _ = remove_tree(up.work.as_fd(), &staged.tmp);
+        }
+    }
+
+    /// Renames the staged copy of `node` into place at `path` (whose parent is in the upper)
+    /// and records that the node now lives in the upper.
+    fn place(&self, node: &Node, path: &Path, staged: Staged) -> Result<(), Errno> {
+        let up = self.upper()?;
+        let placed = self.open_parent(0, path).and_then(|(dst_dir, name)| {
+            rustix::fs::renameat_with(
+                &up.work,
+                &staged.tmp,
+                &dst_dir,
+                name,
+                RenameFlags::NOREPLACE,
+            )
+            .map(|()| (dst_dir, name))
+        });
+        let (dst_dir, name) = match placed {
+            Ok(p) => p,
+            Err(e) => {
+                self.discard(staged);
+                return Err(e);
+            }
+        };
+        let src = staged.src;
         let now = sys::path::stat_at(dst_dir.as_fd(), name)?;
         self.inos.set_alias((now.st_dev, now.st_ino), node.ino);
         if !node.is_dir() && src.st_nlink > 1 {
