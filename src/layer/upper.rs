@@ -130,24 +130,15 @@ impl Upper {
         }
         let tmp = self.tmp_name();
         if whiteout {
-            // Prefer RENAME_WHITEOUT (one syscall); fall back to the kernel's own dance of a
-            // whiteout staged in the workdir and exchanged with the victim.
-            match rustix::fs::renameat_with(dir, name, &self.work, &tmp, RenameFlags::WHITEOUT) {
-                Ok(()) => {}
-                Err(Errno::INVAL) | Err(Errno::NOSYS) | Err(Errno::OPNOTSUPP) => {
-                    self.make_whiteout(self.work.as_fd(), &tmp)?;
-                    if let Err(e) = rustix::fs::renameat_with(
-                        &self.work,
-                        &tmp,
-                        dir,
-                        name,
-                        RenameFlags::EXCHANGE,
-                    ) {
-                        let _ = rustix::fs::unlinkat(&self.work, &tmp, AtFlags::empty());
-                        return Err(e);
-                    }
-                }
-                Err(e) => return Err(e),
+            // The kernel's way: a whiteout staged in the workdir (a link to the shared one)
+            // exchanged with the victim. Not RENAME_WHITEOUT: its new whiteout would take the
+            // group of a setgid directory, where the kernel's is the mounter's.
+            self.make_whiteout(self.work.as_fd(), &tmp)?;
+            if let Err(e) =
+                rustix::fs::renameat_with(&self.work, &tmp, dir, name, RenameFlags::EXCHANGE)
+            {
+                let _ = rustix::fs::unlinkat(&self.work, &tmp, AtFlags::empty());
+                return Err(e);
             }
         } else {
             rustix::fs::renameat_with(dir, name, &self.work, &tmp, RenameFlags::NOREPLACE)?;

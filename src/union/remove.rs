@@ -1,8 +1,8 @@
 //! Removing names: unlink and rmdir.
 //!
 //! A name that some lower layer still shows below is replaced by a whiteout in the same
-//! rename that moves the upper object away (RENAME_WHITEOUT, or the kernel's exchange with a
-//! whiteout staged in the workdir); a name only the upper has is simply removed, leaving no
+//! rename that moves the upper object away (the kernel's exchange with a whiteout staged in
+//! the workdir); a name only the upper has is simply removed, leaving no
 //! marker behind. A removed directory's leftover whiteouts are cleared inside the workdir, out
 //! of sight.
 

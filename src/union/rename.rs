@@ -67,16 +67,22 @@ impl Union {
                 match (src.is_dir(), d.is_dir()) {
                     (true, false) => return Err(Errno::NOTDIR),
                     (false, true) => return Err(Errno::ISDIR),
-                    (true, true) if !self.merged_entries(d)?.is_empty() => {
-                        return Err(Errno::NOTEMPTY);
-                    }
                     _ => {}
                 }
             }
         }
+        // EXDEV before ENOTEMPTY, as the kernel checks.
         let has_lower_dir = |n: &Node| n.is_dir() && (!n.lowers.is_empty());
         if has_lower_dir(&src) || (flags.exchange && dst.as_ref().is_some_and(has_lower_dir)) {
             return Err(Errno::XDEV);
+        }
+        if let Some(d) = &dst
+            && !flags.exchange
+            && src.is_dir()
+            && d.is_dir()
+            && !self.merged_entries(d)?.is_empty()
+        {
+            return Err(Errno::NOTEMPTY);
         }
         let src_path = src.path().ok_or(Errno::NOENT)?.to_path_buf();
         let src_below = self.lower_has(&sp, name)?;

@@ -7,5 +7,6 @@ mod mount;
 mod mounted;
 mod ops;
 mod oracle;
+mod random;
 mod regression;
 mod semantics;

@@ -9,7 +9,7 @@
 use std::fs::{self, OpenOptions};
 use std::io::{self, Read as _, Write as _};
 use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use rustix::fs::{AtFlags, CWD, FileType, Mode, RenameFlags, Timespec, Timestamps, XattrFlags};
 
@@ -138,7 +138,7 @@ fn xattr_names(p: &Path) -> io::Result<String> {
 }
 
 /// Runs `op` under `root` and describes the outcome.
-fn run(root: &Path, op: Op) -> String {
+pub(crate) fn run(root: &Path, op: Op) -> String {
     if let Op::Nobody(inner) = op {
         return as_nobody(|| run(root, *inner));
     }
@@ -376,6 +376,17 @@ fn walk_inos(
     }
 }
 
+/// Whether the d_ino mismatch `m` (from `ino_report`: "DIR/NAME (as PATH)") names, in the
+/// kernel's `upper`, a hard-linked copied-up file (nlink > 1, `trusted.overlay.origin`).
+fn linked_copy_up(upper: &Path, m: &str) -> bool {
+    let Some(path) = m.split_once(" (as ").and_then(|(_, p)| p.strip_suffix(')')) else {
+        return false;
+    };
+    let p = upper.join(path);
+    fs::symlink_metadata(&p).is_ok_and(|md| md.is_file() && md.nlink() > 1)
+        && rustix::fs::lgetxattr(&p, "trusted.overlay.origin", &mut [0u8; 256]).is_ok()
+}
+
 /// Removes the `KERNEL_ONLY_XATTRS` from every object under `root` (the kernel's upper).
 fn strip_kernel_xattrs(root: &Path) {
     for e in fs::read_dir(root).unwrap() {
@@ -396,8 +407,9 @@ fn strip_kernel_xattrs(root: &Path) {
 /// the kernel marks a pure-upper directory renamed into a merged directory opaque even when no
 /// lower layer has anything at its new path (see
 /// `intentional_difference_opaque_marker_only_when_needed`). Such a marker hides nothing, so
-/// it is dropped where unionmount's upper has the same directory unmarked and no lower has the
-/// path (`rel` is the directory walked, relative to the uppers).
+/// it is dropped where unionmount's upper has the same directory unmarked and no lower
+/// directory merges into it (`rel` is the directory walked, relative to the uppers). The
+/// kernel also leaves such a marker behind when the rename then fails (ENOTEMPTY).
 fn strip_needless_kernel_opaque(kernel: &Stack, ours: &Stack, rel: &Path) {
     const OPAQUE: &str = "trusted.overlay.opaque";
     let is_opaque = |p: &Path| {
@@ -413,15 +425,44 @@ fn strip_needless_kernel_opaque(kernel: &Stack, ours: &Stack, rel: &Path) {
         if is_opaque(&k)
             && fs::symlink_metadata(&o).is_ok_and(|m| m.is_dir())
             && !is_opaque(&o)
-            && kernel
-                .lowers
-                .iter()
-                .all(|l| fs::symlink_metadata(l.join(&rel)).is_err())
+            && !lower_dir_merges(ours, &rel)
         {
             rustix::fs::lremovexattr(&k, OPAQUE).unwrap();
         }
         strip_needless_kernel_opaque(kernel, ours, &rel);
     }
+}
+
+/// Whether a lower directory merges into the upper directory at `rel` of `stack`, looked up
+/// as overlayfs does through kernel-format markers: a whiteout ends the search, and so do a
+/// non-directory and an opaque directory once found.
+fn lower_dir_merges(stack: &Stack, rel: &Path) -> bool {
+    let layers: Vec<&PathBuf> = std::iter::once(&stack.upper).chain(&stack.lowers).collect();
+    let mut active: Vec<usize> = (0..layers.len()).collect();
+    let mut prefix = PathBuf::new();
+    for comp in rel.components() {
+        prefix.push(comp);
+        let mut next = Vec::new();
+        for i in active {
+            let p = layers[i].join(&prefix);
+            let Ok(md) = fs::symlink_metadata(&p) else {
+                continue;
+            };
+            if !md.is_dir() {
+                break;
+            }
+            next.push(i);
+            let mut buf = [0u8; 8];
+            if matches!(
+                rustix::fs::lgetxattr(&p, "trusted.overlay.opaque", &mut buf),
+                Ok(1) if buf[0] == b'y'
+            ) {
+                break;
+            }
+        }
+        active = next;
+    }
+    active.iter().any(|&i| i > 0)
 }
 
 /// A new stack over the same lowers as `stack`, with a copy of its upper (xattrs, owners,
@@ -534,8 +575,13 @@ pub(crate) fn compare(script: &Script, prepare: fn(&Stack)) -> Result<(), String
     // Intentional difference: in a merged directory that is not in the upper, the kernel
     // reports the `..` entry with the d_ino of the lower directory's real parent, not the
     // st_ino of the union parent. unionmount gives the union parent's st_ino, as for every
-    // other entry. Any other kernel mismatch fails the comparison.
+    // other entry.
     ki.d_ino_mismatches.retain(|m| !m.contains("/.. (as "));
+    // Kernel inconsistency (found by random.rs): for a hard link to a copied-up file
+    // (`overlay.origin`, nlink > 1, index=off) its readdir can give the upper inode number as
+    // d_ino where stat gives the origin's. Any other kernel mismatch fails the comparison.
+    ki.d_ino_mismatches
+        .retain(|m| !linked_copy_up(&kernel.stack.upper, m));
     ensure_eq!(
         ui,
         ki,
@@ -1295,3 +1341,85 @@ const UNPRIVILEGED_OPS: &[Op] = &[
     Op::Stat("home/fifo"),
     n(&Op::List("home")),
 ];
+
+// Found by the random plans of `random.rs`.
+
+/// Renaming a lower directory onto a non-empty directory: EXDEV (checked first by the
+/// kernel), not ENOTEMPTY.
+#[test]
+fn rename_of_lower_dir_onto_non_empty_dir_is_exdev() {
+    check(&Script {
+        lowers: &["l d/c/d zz", "d d/a\nx d/a user.m 1"],
+        upper: "",
+        ops: &[Op::Rename("d/a", "d/c"), Op::Rename("d/c", "d/a")],
+    });
+}
+
+/// A directory copied up as the ancestor of what changed becomes merged (nlink 1, as the
+/// kernel reports merged directories), but FUSE's attribute cache still holds the nlink of
+/// its lower copy for the attribute timeout: the adapter would have to invalidate the cached
+/// attributes of the ancestors a copy-up created (fuser's `Notifier::inval_inode`). The
+/// engine itself answers getattr right; with `-o timeout=0` the mount does too.
+#[test]
+#[ignore = "BUG: stale cached nlink of a directory copied up as an ancestor (needs inval_inode)"]
+fn ancestor_copy_up_refreshes_cached_nlink() {
+    check(&Script {
+        lowers: &["d a/c/a\nm a 750"],
+        upper: "",
+        ops: &[
+            Op::Stat("a"),
+            Op::Stat("a/c"),
+            Op::SetXattr("a/c/a", "user.m", "1"),
+            Op::Stat("a"),
+            Op::Stat("a/c"),
+            Op::Chmod("a", 0o700),
+            Op::Stat("a"),
+            Op::SetXattr("a/c", "user.k", "2"),
+            Op::ListXattr("a/c"),
+        ],
+    });
+}
+
+/// Unlinking an upper file that a lower still shows, in a setgid directory: the whiteout is
+/// the mounter's (root:root), as the kernel's, not of the directory's group (RENAME_WHITEOUT
+/// made it inherit that).
+#[test]
+fn whiteout_in_setgid_dir_is_the_mounters() {
+    check(&Script {
+        lowers: &[
+            "d d\nx d user.m vv\nm d 2775",
+            "f d/d low\nm d/d 644\nd d/e",
+        ],
+        upper: "",
+        ops: &[
+            Op::Append("d/d", ""),
+            Op::Chown("d", 1, 2),
+            Op::Unlink("d/d"),
+            Op::Mkdir("d/f", 0o755),
+            Op::Chmod("d/e", 0o700),
+            Op::Rmdir("d/e"),
+            Op::Stat("d/f"),
+            Op::List("d"),
+        ],
+    });
+}
+
+/// The kernel's readdir gives a d_ino other than st_ino for a new hard link to a copied-up file
+/// here: a kernel inconsistency, tolerated by `linked_copy_up`; unionmount's d_ino must still
+/// match.
+#[test]
+fn kernel_readdir_d_ino_of_link_to_copied_up_file() {
+    check(&Script {
+        lowers: &["f b/b 0123456789"],
+        upper: "f a bb\nm a 600\nd b/d/c",
+        ops: &[
+            Op::Create("b/d/d", "yy"),
+            Op::RenameExchange("b/d/d", "b/b"),
+            Op::List("b/d"),
+            Op::RenameExchange("b/d", "a"),
+            Op::Link("a/d", "a/a"),
+            Op::Stat("a/a"),
+            Op::List("a"),
+        ],
+    });
+}
