@@ -5,13 +5,14 @@
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
     AccessFlags, FileAttr, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
-    KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
-    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite,
-    ReplyXattr, Request, TimeOrNow, WriteFlags,
+    KernelConfig, LockOwner, Notifier, OpenFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs,
+    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use rustix::fs::{FileType as SysType, OFlags, Timespec};
 
@@ -25,6 +26,8 @@ use crate::union::{Attr, Ctx, Union};
 pub struct Adapter {
     union: Union,
     ttl: Duration,
+    /// Filled by the session once mounted (the notifier only exists then).
+    notifier: Arc<OnceLock<Notifier>>,
 }
 
 impl Adapter {
@@ -32,6 +35,26 @@ impl Adapter {
         Adapter {
             union,
             ttl: cfg.timeout,
+            notifier: Arc::default(),
+        }
+    }
+
+    /// Where the session puts its notifier once the mount is live.
+    pub fn notifier_slot(&self) -> Arc<OnceLock<Notifier>> {
+        self.notifier.clone()
+    }
+
+    /// Drops the kernel's cached attributes of nodes the last operation changed behind its
+    /// back. Called before replying, so the caller's next stat sees the change. Attribute-only
+    /// invalidation (offset -1) takes no inode lock in the kernel, so it cannot deadlock with
+    /// the request being answered (entry invalidations could, and are never sent here).
+    fn invalidate_stale(&self) {
+        let stale = self.union.take_stale_attrs();
+        let Some(n) = self.notifier.get() else { return };
+        for ino in stale {
+            if let Err(e) = n.inval_inode(INodeNo(ino), -1, 0) {
+                log::debug!("inval_inode({ino}): {e}");
+            }
         }
     }
 
@@ -142,10 +165,16 @@ fn oflags(flags: OpenFlags) -> OFlags {
 
 impl Adapter {
     fn reply_entry(&self, r: Result<Attr, Errno>, reply: ReplyEntry) {
+        self.invalidate_stale();
         match r {
             Ok(a) => reply.entry(&self.ttl, &file_attr(&a), Generation(a.generation)),
             Err(e) => reply.error(fuse_errno(e)),
         }
+    }
+
+    fn reply_empty(&self, r: Result<(), Errno>, reply: ReplyEmpty) {
+        self.invalidate_stale();
+        reply_empty(r, reply);
     }
 }
 
@@ -224,7 +253,9 @@ impl Filesystem for Adapter {
             mtime: set_time(mtime),
             fh: fh.map(|f| f.0),
         };
-        match self.union.setattr(&ctx(req, 0), ino.0, &set) {
+        let r = self.union.setattr(&ctx(req, 0), ino.0, &set);
+        self.invalidate_stale();
+        match r {
             Ok(a) => reply.attr(&self.ttl, &file_attr(&a)),
             Err(e) => reply.error(fuse_errno(e)),
         }
@@ -270,11 +301,11 @@ impl Filesystem for Adapter {
     }
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        reply_empty(self.union.unlink(&ctx(req, 0), parent.0, name), reply);
+        self.reply_empty(self.union.unlink(&ctx(req, 0), parent.0, name), reply);
     }
 
     fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        reply_empty(self.union.rmdir(&ctx(req, 0), parent.0, name), reply);
+        self.reply_empty(self.union.rmdir(&ctx(req, 0), parent.0, name), reply);
     }
 
     fn symlink(
@@ -330,7 +361,9 @@ impl Filesystem for Adapter {
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        match self.union.open(&ctx(req, 0), ino.0, oflags(flags)) {
+        let r = self.union.open(&ctx(req, 0), ino.0, oflags(flags));
+        self.invalidate_stale();
+        match r {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(e) => reply.error(fuse_errno(e)),
         }
@@ -379,7 +412,7 @@ impl Filesystem for Adapter {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        reply_empty(self.union.flush(fh.0), reply);
+        self.reply_empty(self.union.flush(fh.0), reply);
     }
 
     fn release(
@@ -404,7 +437,7 @@ impl Filesystem for Adapter {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        reply_empty(self.union.fsync(fh.0, datasync), reply);
+        self.reply_empty(self.union.fsync(fh.0, datasync), reply);
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -499,7 +532,7 @@ impl Filesystem for Adapter {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        reply_empty(self.union.fsyncdir(ino.0), reply);
+        self.reply_empty(self.union.fsyncdir(ino.0), reply);
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
@@ -528,7 +561,7 @@ impl Filesystem for Adapter {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        reply_empty(self.union.setxattr(ino.0, name, value, flags as u32), reply);
+        self.reply_empty(self.union.setxattr(ino.0, name, value, flags as u32), reply);
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
@@ -548,11 +581,11 @@ impl Filesystem for Adapter {
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        reply_empty(self.union.removexattr(ino.0, name), reply);
+        self.reply_empty(self.union.removexattr(ino.0, name), reply);
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
-        reply_empty(self.union.access(ino.0, mask.bits() as u32), reply);
+        self.reply_empty(self.union.access(ino.0, mask.bits() as u32), reply);
     }
 
     fn create(
@@ -565,13 +598,15 @@ impl Filesystem for Adapter {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        match self.union.create(
+        let r = self.union.create(
             &ctx(req, umask),
             parent.0,
             name,
             mode,
             OFlags::from_bits_retain(flags as u32),
-        ) {
+        );
+        self.invalidate_stale();
+        match r {
             Ok((a, fh)) => reply.created(
                 &self.ttl,
                 &file_attr(&a),

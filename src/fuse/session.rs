@@ -16,7 +16,7 @@ use std::process::Command;
 use std::thread;
 use std::time::Duration;
 
-use fuser::{BackgroundSession, Filesystem, MountOption, Session, SessionACL};
+use fuser::{BackgroundSession, MountOption, Session, SessionACL};
 use log::{debug, info, warn};
 use rustix::io::Errno;
 use rustix::mount::UnmountFlags;
@@ -24,6 +24,7 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use crate::config::MountOptions;
+use crate::fuse::adapter::Adapter;
 
 /// Worker threads at most: measured gains flatten out well before this (FUSER.md), and each
 /// worker holds a 16 MiB request buffer.
@@ -73,8 +74,8 @@ pub fn fuser_config(opts: &MountOptions) -> fuser::Config {
 ///
 /// Errors: whatever mounting fails with (fuser's message, e.g. from fusermount3), an error
 /// registering the signal handlers, or the session loop's final error.
-pub fn serve<FS: Filesystem>(
-    fs: FS,
+pub fn serve(
+    fs: Adapter,
     mountpoint: &Path,
     opts: &MountOptions,
     debug: bool,
@@ -86,7 +87,9 @@ pub fn serve<FS: Filesystem>(
     }
     // Registered before mounting: a signal during the mount is queued and handled below.
     let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP])?;
+    let notifier = fs.notifier_slot();
     let session = Session::new(fs, mountpoint, &config)?;
+    let _ = notifier.set(session.notifier());
     info!("mounted {} at {}", opts.fsname, mountpoint.display());
 
     let handle = signals.handle();
@@ -147,12 +150,11 @@ fn exit_after_grace(mnt: PathBuf) {
 }
 
 /// Mounts `fs` with a background session, for tests: dropping the returned session unmounts.
-pub fn spawn<FS: Filesystem>(
-    fs: FS,
-    mountpoint: &Path,
-    opts: &MountOptions,
-) -> io::Result<BackgroundSession> {
-    Session::new(fs, mountpoint, &fuser_config(opts))?.spawn()
+pub fn spawn(fs: Adapter, mountpoint: &Path, opts: &MountOptions) -> io::Result<BackgroundSession> {
+    let notifier = fs.notifier_slot();
+    let session = Session::new(fs, mountpoint, &fuser_config(opts))?;
+    let _ = notifier.set(session.notifier());
+    session.spawn()
 }
 
 /// Detaches the mount at `mountpoint`. Unprivileged processes get EPERM from umount2 and go

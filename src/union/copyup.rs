@@ -151,6 +151,8 @@ impl Union {
                 child
             } else {
                 self.copy_one(&child, &child_path, true)?;
+                // It is merged now (nlink 1), behind the kernel's cached attributes.
+                self.stale_attrs.lock().push(child.ino);
                 Node {
                     upper: true,
                     ..child

@@ -73,6 +73,10 @@ pub struct Union {
     files: Handles<FileHandle>,
     dirs: Handles<DirHandle>,
     ns: RwLock<()>,
+    /// Nodes whose attributes changed as a side effect the kernel does not know of (an
+    /// ancestor directory copied up became merged); the adapter has their cached attributes
+    /// dropped.
+    stale_attrs: parking_lot::Mutex<Vec<u64>>,
 }
 
 impl Union {
@@ -107,6 +111,7 @@ impl Union {
             files: Handles::default(),
             dirs: Handles::default(),
             ns: RwLock::new(()),
+            stale_attrs: Default::default(),
         };
         let root = u.resolve_root()?;
         u.remember(root);
@@ -116,6 +121,11 @@ impl Union {
     /// True when the union has no upper layer.
     pub fn is_read_only(&self) -> bool {
         self.upper.is_none()
+    }
+
+    /// Takes the nodes whose attributes changed behind the kernel's attribute cache.
+    pub fn take_stale_attrs(&self) -> Vec<u64> {
+        std::mem::take(&mut *self.stale_attrs.lock())
     }
 
     /// Number of nodes the engine holds (kernel references not yet forgotten).

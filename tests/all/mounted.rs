@@ -83,14 +83,6 @@ pub fn test_mount_options() -> MountOptions {
     }
 }
 
-thread_local! {
-    /// The entry/attribute timeout of the unionmount mounts this thread makes, when set
-    /// (default: the configuration's, 1 s). `random.rs` sets 0 to tell an attribute-cache
-    /// difference from an engine one.
-    pub static TIMEOUT: std::cell::Cell<Option<std::time::Duration>> =
-        const { std::cell::Cell::new(None) };
-}
-
 /// A [`Stack`] mounted by unionmount at `stack.mnt`; unmounted when dropped.
 pub struct UnionMount {
     session: Option<BackgroundSession>,
@@ -105,10 +97,7 @@ impl UnionMount {
 
     /// Mounts an existing stack.
     pub fn mount(stack: Stack) -> UnionMount {
-        let mut cfg = stack.config();
-        if let Some(t) = TIMEOUT.get() {
-            cfg.timeout = t;
-        }
+        let cfg = stack.config();
         let union = unionmount::union::Union::new(&cfg).expect("union over the fixture");
         let adapter = Adapter::new(union, &cfg);
         let session = unionmount::fuse::session::spawn(adapter, &stack.mnt, &test_mount_options())

@@ -1356,12 +1356,10 @@ fn rename_of_lower_dir_onto_non_empty_dir_is_exdev() {
 }
 
 /// A directory copied up as the ancestor of what changed becomes merged (nlink 1, as the
-/// kernel reports merged directories), but FUSE's attribute cache still holds the nlink of
-/// its lower copy for the attribute timeout: the adapter would have to invalidate the cached
-/// attributes of the ancestors a copy-up created (fuser's `Notifier::inval_inode`). The
-/// engine itself answers getattr right; with `-o timeout=0` the mount does too.
+/// kernel reports merged directories); FUSE's attribute cache held the nlink of its lower copy
+/// until the adapter learned to invalidate the cached attributes of the ancestors a copy-up
+/// created (`Notifier::inval_inode`, sent before the reply).
 #[test]
-#[ignore = "BUG: stale cached nlink of a directory copied up as an ancestor (needs inval_inode)"]
 fn ancestor_copy_up_refreshes_cached_nlink() {
     check(&Script {
         lowers: &["d a/c/a\nm a 750"],

@@ -25,8 +25,6 @@
 //!   order, and the kernel lists the lowest layer's names first, unionmount the upper's;
 //! - renaming a directory with lower copies gives EXDEV on both (kernel `redirect_dir=off`),
 //!   mknod of a char 0/0 EPERM on both: both are generated and compared.
-//!
-//! One known bug is recognised and counted, not reported: `KNOWN_STALE_NLINK`.
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
@@ -34,22 +32,15 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::Duration;
 
 use crate::fixture::Stack;
-use crate::mounted::{KernelMount, TIMEOUT, overlay_available};
+use crate::mounted::{KernelMount, overlay_available};
 use crate::oracle::{Op, Script, compare, run};
 
 /// Plans run by default: 10 to 15 s on two CPUs, alongside the other tests.
 const DEFAULT_PLANS: u64 = 250;
 /// The first seed by default (CI runs the same plans every time).
 const DEFAULT_SEED: u64 = 1;
-/// The known bug skipped (see `Plan::failure`): a directory copied up as the ancestor of what
-/// changed keeps the nlink the kernel's FUSE attribute cache holds for it (its lower one)
-/// instead of 1 for the attribute timeout; oracle.rs `ancestor_copy_up_refreshes_cached_nlink`.
-const KNOWN_STALE_NLINK: &str = "stale nlink of a directory copied up as an ancestor";
-/// Plans that only showed `KNOWN_STALE_NLINK`.
-static KNOWN: AtomicUsize = AtomicUsize::new(0);
 /// Most comparisons one shrink may run.
 const SHRINK_BUDGET: usize = 400;
 
@@ -533,13 +524,11 @@ impl Plan {
         }
     }
 
-    /// Runs the plan on both implementations (with `timeout` as unionmount's FUSE timeout
-    /// when given); a panic (an unexpected error while comparing) counts as a failure too.
-    fn compare(&self, timeout: Option<Duration>) -> Result<(), String> {
+    /// Runs the plan on both implementations; a panic (an unexpected error while comparing)
+    /// counts as a failure too.
+    fn compare(&self) -> Result<(), String> {
         let script = self.script();
-        TIMEOUT.set(timeout);
         let r = catch_unwind(AssertUnwindSafe(|| compare(&script, |_| {})));
-        TIMEOUT.set(None);
         r.unwrap_or_else(|p| {
             Err(p
                 .downcast_ref::<String>()
@@ -549,15 +538,9 @@ impl Plan {
         })
     }
 
-    /// The plan's failure, if any. A difference in nlink that goes away without FUSE's
-    /// attribute cache is the known bug of `KNOWN_STALE_NLINK`, not reported again.
+    /// The plan's failure, if any.
     fn failure(&self) -> Option<String> {
-        let e = self.compare(None).err()?;
-        if e.contains("nlink") && self.compare(Some(Duration::ZERO)).is_ok() {
-            KNOWN.fetch_add(1, Ordering::Relaxed);
-            return None;
-        }
-        Some(e)
+        self.compare().err()
     }
 
     /// Drops operations, then whole lowers, then layer entries, one at a time while the plan
@@ -723,11 +706,9 @@ fn random_plans_match_kernel_overlayfs() {
     failures.sort_by_key(|f| f.0);
     let Some((seed, plan, first_err)) = failures.into_iter().next() else {
         eprintln!(
-            "{plans} random plans ({} operations) from seed {first}: same as the kernel ({:.1?}); \
-             {} only showed the known bug: {KNOWN_STALE_NLINK}",
+            "{plans} random plans ({} operations) from seed {first}: same as the kernel ({:.1?})",
             ops_run.into_inner(),
             started.elapsed(),
-            KNOWN.load(Ordering::Relaxed)
         );
         return;
     };
