@@ -385,7 +385,7 @@ fn overlay_conflict(
 
 /// Undoes the kernel's `\ooo` octal escapes in /proc mount tables (space, tab, newline,
 /// backslash, and for overlay options also `,` and `=`).
-fn unescape_octal(s: &str) -> Vec<u8> {
+pub fn unescape_octal(s: &str) -> Vec<u8> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;

@@ -57,22 +57,7 @@ fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
 
 /// Undoes the kernel's `\ooo` escapes in /proc mount tables.
 fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    String::from_utf8_lossy(&unionmount::setup::unescape_octal(s)).into_owned()
 }
 
 /// The /proc/self/mountinfo line whose mount point is `mnt` (the last one if stacked).
