@@ -54,12 +54,13 @@ impl Union {
         let layer = node.top_layer().ok_or(Errno::NOENT)?;
         let path = node.path().ok_or(Errno::NOENT)?;
         let (dir, name) = self.open_parent(layer, path)?;
-        let fd = if layer == 0 && self.upper.is_some() {
+        // Reads of a lower copy must not touch its atime.
+        let fd = if node.upper {
             sys::path::open_at(dir.as_fd(), name, flags, 0)?
         } else {
             sys::path::open_noatime(dir.as_fd(), name, flags)?
         };
-        Ok(self.new_file_handle(ino, fd, flags, layer == 0 && self.upper.is_some()))
+        Ok(self.new_file_handle(ino, fd, flags, node.upper))
     }
 
     pub(crate) fn new_file_handle(
