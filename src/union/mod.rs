@@ -5,9 +5,10 @@
 //! `readdir` (merged listings), `copyup`, `create`, `remove`, `rename`, `attr` (stat, setattr,
 //! xattrs), `file` (open handles and I/O); `inode` holds the inode-number policy.
 //!
-//! Concurrency: namespace changes (create, remove, rename, copy-up) take `ns` for writing,
-//! lookups and listings take it for reading, so no lookup sees a half-done change; reads and
-//! writes through open handles take no engine lock at all.
+//! Concurrency: namespace changes (create, remove, rename, the placing of a copy-up) take `ns`
+//! for writing; lookups, listings and anything acting on a node through its path take it for
+//! reading, so none sees a half-done change. The data copy of a copy-up is staged before the
+//! lock is taken, and reads and writes through open handles take no engine lock at all.
 
 pub mod attr;
 pub mod copyup;
