@@ -153,6 +153,8 @@ impl Union {
                 self.copy_one(&child, &child_path, true)?;
                 // It is merged now (nlink 1), behind the kernel's cached attributes.
                 self.stale_attrs.lock().push(child.ino);
+                self.has_stale_attrs
+                    .store(true, std::sync::atomic::Ordering::Release);
                 Node {
                     upper: true,
                     ..child

@@ -78,6 +78,8 @@ pub struct Union {
     /// ancestor directory copied up became merged); the adapter has their cached attributes
     /// dropped.
     stale_attrs: parking_lot::Mutex<Vec<u64>>,
+    /// `stale_attrs` may be non-empty: lets every reply check it without taking the lock.
+    has_stale_attrs: std::sync::atomic::AtomicBool,
 }
 
 impl Union {
@@ -113,6 +115,7 @@ impl Union {
             dirs: Handles::default(),
             ns: RwLock::new(()),
             stale_attrs: Default::default(),
+            has_stale_attrs: Default::default(),
         };
         let root = u.resolve_root()?;
         u.remember(root);
@@ -126,6 +129,10 @@ impl Union {
 
     /// Takes the nodes whose attributes changed behind the kernel's attribute cache.
     pub fn take_stale_attrs(&self) -> Vec<u64> {
+        use std::sync::atomic::Ordering;
+        if !self.has_stale_attrs.swap(false, Ordering::AcqRel) {
+            return Vec::new();
+        }
         std::mem::take(&mut *self.stale_attrs.lock())
     }
 
