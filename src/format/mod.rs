@@ -20,8 +20,11 @@ pub const WH_PREFIX: &[u8] = b".wh.";
 pub const OPAQUE_MARKER: &str = ".wh..wh..opq";
 /// fuse-overlayfs's own opaque xattr.
 pub const FUSE_OVERLAYFS_OPAQUE: &str = "user.fuseoverlayfs.opaque";
-/// Namespaces whose `overlay.*` xattrs are private to the overlay.
-pub const PRIVATE_PREFIXES: [&str; 2] = ["trusted.overlay.", "user.overlay."];
+/// Prefixes of the xattrs private to an overlay: the kernel's `overlay.*` in both namespaces,
+/// and fuse-overlayfs's own (`user.fuseoverlayfs.opaque` is a marker we honour: shown, it
+/// would be copied up and settable, letting a user make a directory opaque).
+pub const PRIVATE_PREFIXES: [&str; 3] =
+    ["trusted.overlay.", "user.overlay.", "user.fuseoverlayfs."];
 
 /// True when `st` is a kernel-format whiteout (a character device with device number 0/0).
 pub fn is_whiteout_dev(st: &Stat) -> bool {

@@ -25,12 +25,6 @@ struct Staged {
     src: Stat,
 }
 
-/// xattr prefixes never copied up: the overlay's private ones, and fuse-overlayfs's opaque
-/// marker (copied, it would make a merged directory opaque).
-fn is_copied_xattr(key: &str) -> bool {
-    !crate::format::is_private_xattr(key) && !key.starts_with("user.fuseoverlayfs.")
-}
-
 /// What `node` is once copied up (to `paths`, its names in the upper): in the upper; a
 /// non-directory no longer has a lower copy.
 fn copied_up(mut node: Node, paths: Vec<std::path::PathBuf>) -> Node {
@@ -299,7 +293,7 @@ fn copy_xattrs(
     tmp: &OsStr,
 ) -> Result<(), Errno> {
     for key in sys::xattr::list(src_dir, Some(name))? {
-        if !is_copied_xattr(&key) {
+        if crate::format::is_private_xattr(&key) {
             continue;
         }
         let Some(value) = sys::xattr::get_opt(src_dir, Some(name), &key)? else {

@@ -11,6 +11,13 @@
 //!   `x PATH KEY VALUE`   set an xattr        `m PATH OCTAL`      chmod
 //!   `X PATH`             xattr whiteout: zero-size file with `trusted.overlay.whiteout`, and
 //!                        its directory marked `trusted.overlay.opaque=x`
+//!   `U PATH`             directory opaque by `user.fuseoverlayfs.opaque=y`
+//!   `u PATH UID:GID`     lchown              `F PATH SIZE`       SIZE bytes of `pattern`
+//!   `s PATH SIZE`        sparse file of SIZE bytes: `pattern` data only in the 4 KiB block at
+//!                        SIZE/2 and in the last 100 bytes, holes elsewhere
+//!
+//! `W`, `O` and `U` are formats kernel overlayfs does not read; `kernel_format` translates a
+//! description into the kernel's own formats with the same meaning.
 
 #![allow(dead_code)]
 
@@ -140,6 +147,25 @@ pub fn build(root: &Path, desc: &str) {
                 fs::create_dir_all(&p).unwrap();
                 fs::write(p.join(".wh..wh..opq"), "").unwrap();
             }
+            "U" => {
+                fs::create_dir_all(&p).unwrap();
+                set_xattr(&p, "user.fuseoverlayfs.opaque", b"y");
+            }
+            "u" => {
+                let (uid, gid) = rest.split_once(':').expect("u PATH UID:GID");
+                std::os::unix::fs::lchown(&p, uid.parse().ok(), gid.parse().ok()).unwrap();
+            }
+            "s" => {
+                use std::os::unix::fs::FileExt;
+                let size: u64 = rest.parse().expect("s PATH SIZE");
+                let f = fs::File::create(&p).unwrap();
+                f.set_len(size).unwrap();
+                let block = pattern(path, 4096.min(size as usize));
+                f.write_all_at(&block, (size / 2) & !4095).unwrap();
+                let tail = pattern(path, 100.min(size as usize));
+                f.write_all_at(&tail, size - tail.len() as u64).unwrap();
+            }
+            "F" => fs::write(&p, pattern(path, rest.parse().expect("F PATH SIZE"))).unwrap(),
             "X" => {
                 fs::write(&p, "").unwrap();
                 set_xattr(&p, "trusted.overlay.whiteout", b"");
@@ -157,6 +183,34 @@ pub fn build(root: &Path, desc: &str) {
             other => panic!("unknown fixture op {other:?} in {line:?}"),
         }
     }
+}
+
+/// `len` bytes of content that differ from file to file (seeded by `seed`) and from block to
+/// block, so that a misplaced or partial copy shows in the content hash.
+pub fn pattern(seed: &str, len: usize) -> Vec<u8> {
+    let mut h = fnv(seed.as_bytes());
+    (0..len)
+        .map(|i| {
+            if i % 8 == 0 {
+                h = h.rotate_left(5) ^ (i as u64 / 4096);
+            }
+            (h >> (8 * (i % 8))) as u8
+        })
+        .collect()
+}
+
+/// The description `desc` in the kernel's own marker formats: AUFS whiteouts (`W`) become
+/// char 0/0 whiteouts, `.wh..wh..opq` (`O`) and `user.fuseoverlayfs.opaque` (`U`) opaque
+/// directories become `trusted.overlay.opaque=y`. Everything else is kept.
+pub fn kernel_format(desc: &str) -> String {
+    desc.lines()
+        .map(|line| match line.trim().split_once(' ') {
+            Some(("W", path)) => format!("w {path}"),
+            Some(("O" | "U", path)) => format!("o {path}"),
+            _ => line.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// All xattrs of `p` as `key=value` (sorted), private ones included: dumps compare layers.
@@ -236,7 +290,8 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
     }
 }
 
-fn fnv(data: &[u8]) -> u64 {
+/// FNV-1a: a content hash for dumps and results.
+pub fn fnv(data: &[u8]) -> u64 {
     data.iter().fold(0xcbf29ce484222325u64, |h, &b| {
         (h ^ b as u64).wrapping_mul(0x100000001b3)
     })

@@ -9,4 +9,5 @@ mod ops;
 mod oracle;
 mod random;
 mod regression;
+mod script;
 mod semantics;

@@ -6,15 +6,15 @@
 //! Where unionmount deliberately differs from the kernel the difference is named here
 //! (`KERNEL_ONLY_XATTRS`), never silently tolerated.
 
-use std::fs::{self, OpenOptions};
-use std::io::{self, Read as _, Write as _};
-use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{AtFlags, CWD, FileType, Mode, RenameFlags, Timespec, Timestamps, XattrFlags};
+use rustix::fs::Mode;
 
 use crate::fixture::{self, Stack};
 use crate::mounted::{KernelMount, UnionMount, overlay_available};
+pub(crate) use crate::script::{Op, run};
 
 /// xattrs the kernel writes to its upper that unionmount does not, removed from the kernel's
 /// upper before the comparison:
@@ -25,280 +25,6 @@ use crate::mounted::{KernelMount, UnionMount, overlay_available};
 ///   the kernel knows to fix up their d_ino in readdir; unionmount computes d_ino for every
 ///   entry and needs no such hint.
 const KERNEL_ONLY_XATTRS: [&str; 2] = ["trusted.overlay.origin", "trusted.overlay.impure"];
-
-/// One step of a script. Paths are relative to the mount root. Files are opened with
-/// O_NONBLOCK, so a FIFO never blocks (reads see EOF, writes ENXIO without a reader).
-#[derive(Clone, Copy, Debug)]
-pub(crate) enum Op {
-    /// open(O_WRONLY) without O_TRUNC, pwrite at offset 0.
-    Write(&'static str, &'static str),
-    /// open(O_WRONLY|O_APPEND), write.
-    Append(&'static str, &'static str),
-    /// open(O_WRONLY), ftruncate.
-    Truncate(&'static str, u64),
-    /// open(O_WRONLY|O_TRUNC) and write: a copy-up without data.
-    Rewrite(&'static str, &'static str),
-    /// open(O_CREAT|O_EXCL|O_WRONLY, 0644), write.
-    Create(&'static str, &'static str),
-    Chmod(&'static str, u32),
-    /// lchown.
-    Chown(&'static str, u32, u32),
-    /// utimensat(AT_SYMLINK_NOFOLLOW) with atime = mtime = the given second.
-    Utimes(&'static str, i64),
-    Unlink(&'static str),
-    Rmdir(&'static str),
-    /// `rm -rf`.
-    RmRf(&'static str),
-    Mkdir(&'static str, u32),
-    /// `mkdir -p`.
-    MkdirP(&'static str),
-    Rename(&'static str, &'static str),
-    RenameNoreplace(&'static str, &'static str),
-    RenameExchange(&'static str, &'static str),
-    Link(&'static str, &'static str),
-    /// symlink(target, path).
-    Symlink(&'static str, &'static str),
-    Mkfifo(&'static str),
-    /// mknod of a character device (major, minor), mode 0644.
-    MknodChar(&'static str, u32, u32),
-    SetXattr(&'static str, &'static str, &'static str),
-    RemoveXattr(&'static str, &'static str),
-    GetXattr(&'static str, &'static str),
-    ListXattr(&'static str),
-    Read(&'static str),
-    Readlink(&'static str),
-    /// lstat: type, mode, nlink, size (not for directories), owner, device.
-    Stat(&'static str),
-    /// mtime seconds (only after `Utimes`: times are not compared otherwise).
-    Mtime(&'static str),
-    /// Sorted names of a directory.
-    List(&'static str),
-    /// The inner operation as uid/gid 65534 with no supplementary groups.
-    Nobody(&'static Op),
-}
-
-/// Runs `f` with this thread's credentials switched to uid/gid 65534 and no supplementary
-/// groups (credentials are per thread for the raw syscalls rustix makes), then switches back.
-/// The saved uid stays 0, so switching back is allowed.
-fn as_nobody<T>(f: impl FnOnce() -> T) -> T {
-    use rustix::process::{Gid, Uid};
-    use rustix::thread::{set_thread_groups, set_thread_res_gid, set_thread_res_uid};
-    let groups = rustix::process::getgroups().unwrap();
-    let (nuid, ngid) = (Uid::from_raw(65534), Gid::from_raw(65534));
-    set_thread_groups(&[]).unwrap();
-    set_thread_res_gid(ngid, ngid, Gid::ROOT).unwrap();
-    set_thread_res_uid(nuid, nuid, Uid::ROOT).unwrap();
-    let r = f();
-    set_thread_res_uid(Uid::ROOT, Uid::ROOT, Uid::ROOT).unwrap();
-    set_thread_res_gid(Gid::ROOT, Gid::ROOT, Gid::ROOT).unwrap();
-    set_thread_groups(&groups).unwrap();
-    r
-}
-
-fn describe(e: io::Error) -> String {
-    match e.raw_os_error() {
-        Some(n) => format!("{:?}", rustix::io::Errno::from_raw_os_error(n)),
-        None => format!("{e}"),
-    }
-}
-
-fn stat_line(p: &Path) -> io::Result<String> {
-    let md = fs::symlink_metadata(p)?;
-    let kind = FileType::from_raw_mode(md.mode());
-    let size = if kind == FileType::Directory {
-        String::new()
-    } else {
-        format!(" size={}", md.size())
-    };
-    let rdev = if matches!(kind, FileType::CharacterDevice | FileType::BlockDevice) {
-        format!(" rdev={}", md.rdev())
-    } else {
-        String::new()
-    };
-    Ok(format!(
-        "{kind:?} {:o} nlink={}{size} {}:{}{rdev}",
-        md.mode() & 0o7777,
-        md.nlink(),
-        md.uid(),
-        md.gid()
-    ))
-}
-
-fn xattr_names(p: &Path) -> io::Result<String> {
-    let mut buf = vec![0u8; 65536];
-    let n = rustix::fs::llistxattr(p, &mut buf[..])?;
-    let mut names: Vec<String> = buf[..n]
-        .split(|&b| b == 0)
-        .filter(|k| !k.is_empty())
-        .map(|k| String::from_utf8_lossy(k).into_owned())
-        .filter(|k| !k.starts_with("security."))
-        .collect();
-    names.sort();
-    Ok(names.join(","))
-}
-
-/// Runs `op` under `root` and describes the outcome.
-pub(crate) fn run(root: &Path, op: Op) -> String {
-    if let Op::Nobody(inner) = op {
-        return as_nobody(|| run(root, *inner));
-    }
-    let p = |r: &str| root.join(r);
-    let opts = || {
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut o = OpenOptions::new();
-        o.custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32);
-        o
-    };
-    let res: io::Result<String> = (|| {
-        Ok(match op {
-            Op::Write(f, data) => {
-                opts()
-                    .write(true)
-                    .open(p(f))?
-                    .write_all_at(data.as_bytes(), 0)?;
-                String::new()
-            }
-            Op::Append(f, data) => {
-                opts().append(true).open(p(f))?.write_all(data.as_bytes())?;
-                String::new()
-            }
-            Op::Truncate(f, len) => {
-                opts().write(true).open(p(f))?.set_len(len)?;
-                String::new()
-            }
-            Op::Rewrite(f, data) => {
-                opts()
-                    .write(true)
-                    .truncate(true)
-                    .open(p(f))?
-                    .write_all(data.as_bytes())?;
-                String::new()
-            }
-            Op::Create(f, data) => {
-                use std::os::unix::fs::OpenOptionsExt;
-                opts()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o644)
-                    .open(p(f))?
-                    .write_all(data.as_bytes())?;
-                String::new()
-            }
-            Op::Chmod(f, mode) => {
-                fs::set_permissions(p(f), fs::Permissions::from_mode(mode))?;
-                String::new()
-            }
-            Op::Chown(f, uid, gid) => {
-                std::os::unix::fs::lchown(p(f), Some(uid), Some(gid))?;
-                String::new()
-            }
-            Op::Utimes(f, sec) => {
-                let t = Timespec {
-                    tv_sec: sec,
-                    tv_nsec: 0,
-                };
-                rustix::fs::utimensat(
-                    CWD,
-                    p(f),
-                    &Timestamps {
-                        last_access: t,
-                        last_modification: t,
-                    },
-                    AtFlags::SYMLINK_NOFOLLOW,
-                )?;
-                String::new()
-            }
-            Op::Unlink(f) => {
-                fs::remove_file(p(f))?;
-                String::new()
-            }
-            Op::Rmdir(f) => {
-                fs::remove_dir(p(f))?;
-                String::new()
-            }
-            Op::RmRf(f) => {
-                fs::remove_dir_all(p(f))?;
-                String::new()
-            }
-            Op::Mkdir(f, mode) => {
-                rustix::fs::mkdirat(CWD, p(f), Mode::from_raw_mode(mode))?;
-                String::new()
-            }
-            Op::MkdirP(f) => {
-                fs::create_dir_all(p(f))?;
-                String::new()
-            }
-            Op::Rename(a, b) => {
-                fs::rename(p(a), p(b))?;
-                String::new()
-            }
-            Op::RenameNoreplace(a, b) => {
-                rustix::fs::renameat_with(CWD, p(a), CWD, p(b), RenameFlags::NOREPLACE)?;
-                String::new()
-            }
-            Op::RenameExchange(a, b) => {
-                rustix::fs::renameat_with(CWD, p(a), CWD, p(b), RenameFlags::EXCHANGE)?;
-                String::new()
-            }
-            Op::Link(a, b) => {
-                fs::hard_link(p(a), p(b))?;
-                String::new()
-            }
-            Op::Symlink(target, f) => {
-                std::os::unix::fs::symlink(target, p(f))?;
-                String::new()
-            }
-            Op::Mkfifo(f) => {
-                rustix::fs::mknodat(CWD, p(f), FileType::Fifo, Mode::from_raw_mode(0o644), 0)?;
-                String::new()
-            }
-            Op::MknodChar(f, major, minor) => {
-                rustix::fs::mknodat(
-                    CWD,
-                    p(f),
-                    FileType::CharacterDevice,
-                    Mode::from_raw_mode(0o644),
-                    rustix::fs::makedev(major, minor),
-                )?;
-                String::new()
-            }
-            Op::SetXattr(f, k, v) => {
-                rustix::fs::lsetxattr(p(f), k, v.as_bytes(), XattrFlags::empty())?;
-                String::new()
-            }
-            Op::RemoveXattr(f, k) => {
-                rustix::fs::lremovexattr(p(f), k)?;
-                String::new()
-            }
-            Op::GetXattr(f, k) => {
-                let mut buf = vec![0u8; 65536];
-                let n = rustix::fs::lgetxattr(p(f), k, &mut buf[..])?;
-                String::from_utf8_lossy(&buf[..n]).into_owned()
-            }
-            Op::ListXattr(f) => xattr_names(&p(f))?,
-            Op::Read(f) => {
-                let mut data = Vec::new();
-                opts().read(true).open(p(f))?.read_to_end(&mut data)?;
-                String::from_utf8_lossy(&data).into_owned()
-            }
-            Op::Readlink(f) => fs::read_link(p(f))?.display().to_string(),
-            Op::Stat(f) => stat_line(&p(f))?,
-            Op::Mtime(f) => fs::symlink_metadata(p(f))?.mtime().to_string(),
-            Op::Nobody(_) => unreachable!("handled above"),
-            Op::List(f) => {
-                let mut v: Vec<String> = fs::read_dir(p(f))?
-                    .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
-                    .collect::<io::Result<_>>()?;
-                v.sort();
-                v.join(" ")
-            }
-        })
-    })();
-    match res {
-        Ok(s) => format!("ok {s}"),
-        Err(e) => format!("err {}", describe(e)),
-    }
-}
 
 /// Inode-number relations of a merged view, comparable across implementations whose numbers
 /// differ: every object's nlink, the groups of paths sharing one st_ino, and the readdir
@@ -425,7 +151,7 @@ fn strip_needless_kernel_opaque(kernel: &Stack, ours: &Stack, rel: &Path) {
         if is_opaque(&k)
             && fs::symlink_metadata(&o).is_ok_and(|m| m.is_dir())
             && !is_opaque(&o)
-            && !lower_dir_merges(ours, &rel)
+            && !lower_dir_merges(&ours.upper, &kernel.lowers, &rel)
         {
             rustix::fs::lremovexattr(&k, OPAQUE).unwrap();
         }
@@ -433,11 +159,11 @@ fn strip_needless_kernel_opaque(kernel: &Stack, ours: &Stack, rel: &Path) {
     }
 }
 
-/// Whether a lower directory merges into the upper directory at `rel` of `stack`, looked up
-/// as overlayfs does through kernel-format markers: a whiteout ends the search, and so do a
-/// non-directory and an opaque directory once found.
-fn lower_dir_merges(stack: &Stack, rel: &Path) -> bool {
-    let layers: Vec<&PathBuf> = std::iter::once(&stack.upper).chain(&stack.lowers).collect();
+/// Whether a directory of `lowers` merges into the directory at `rel` of `upper`, looked up
+/// as overlayfs does through kernel-format markers (so `lowers` are the kernel's): a whiteout
+/// ends the search, and so do a non-directory and an opaque directory once found.
+fn lower_dir_merges(upper: &PathBuf, lowers: &[PathBuf], rel: &Path) -> bool {
+    let layers: Vec<&PathBuf> = std::iter::once(upper).chain(lowers).collect();
     let mut active: Vec<usize> = (0..layers.len()).collect();
     let mut prefix = PathBuf::new();
     for comp in rel.components() {
@@ -465,11 +191,11 @@ fn lower_dir_merges(stack: &Stack, rel: &Path) -> bool {
     active.iter().any(|&i| i > 0)
 }
 
-/// A new stack over the same lowers as `stack`, with a copy of its upper (xattrs, owners,
-/// modes and whiteouts kept) and a fresh workdir.
-fn cross_stack(stack: &Stack) -> Stack {
+/// A new stack over `lowers`, with a copy of the upper of `stack` (xattrs, owners, modes and
+/// whiteouts kept) and a fresh workdir.
+fn cross_stack(stack: &Stack, lowers: &[PathBuf]) -> Stack {
     let mut s = Stack::new(&[]);
-    s.lowers = stack.lowers.clone();
+    s.lowers = lowers.to_vec();
     let status = std::process::Command::new("cp")
         .arg("-a")
         .arg(stack.upper.join("."))
@@ -523,22 +249,35 @@ macro_rules! ensure_eq {
 /// The comparison `check_with` makes, with the first difference as the error (the random
 /// plans of `random.rs` shrink a failing plan by calling this again). The caller checks
 /// `overlay_available` first.
+///
+/// Lowers holding marker formats the kernel does not read (`W`, `O`, `U`) are given to the
+/// kernel translated into its own formats (`fixture::kernel_format`); unionmount gets the
+/// original, so both must show the same merged view from equivalent layers.
 pub(crate) fn compare(script: &Script, prepare: fn(&Stack)) -> Result<(), String> {
-    let build = || {
-        let s = Stack::with_upper(script.lowers, script.upper);
+    let build = |lowers: &[&str]| {
+        let s = Stack::with_upper(lowers, script.upper);
         // Other users must reach the mountpoints (`Op::Nobody`).
         fs::set_permissions(s.tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
         prepare(&s);
         s
     };
-    let mut kernel = KernelMount::mount(build());
-    let mut ours = UnionMount::mount(build());
+    let kernel_lowers: Vec<String> = script
+        .lowers
+        .iter()
+        .map(|d| fixture::kernel_format(d))
+        .collect();
+    let kernel_lowers: Vec<&str> = kernel_lowers.iter().map(String::as_str).collect();
+    let mut kernel = KernelMount::mount(build(&kernel_lowers));
+    let mut ours = UnionMount::mount(build(script.lowers));
     let lowers_before = ours.stack.lowers_dump();
-    ensure_eq!(
-        kernel.stack.lowers_dump(),
-        lowers_before,
-        "the two stacks are not identical copies"
-    );
+    let kernel_lowers_before = kernel.stack.lowers_dump();
+    if kernel_lowers == script.lowers {
+        ensure_eq!(
+            kernel_lowers_before,
+            lowers_before,
+            "the two stacks are not identical copies"
+        );
+    }
     ensure_eq!(
         fixture::dump(kernel.mnt()),
         fixture::dump(ours.mnt()),
@@ -593,14 +332,14 @@ pub(crate) fn compare(script: &Script, prepare: fn(&Stack)) -> Result<(), String
     let ours_stack = &ours.stack;
 
     // Each implementation reads the other's upper the same way: the formats are the same.
-    let cross = KernelMount::mount(cross_stack(ours_stack));
+    let cross = KernelMount::mount(cross_stack(ours_stack, &kernel.stack.lowers));
     ensure_eq!(
         fixture::dump(cross.mnt()),
         view,
         "kernel overlayfs over unionmount's upper (left) vs the final view\nsteps:\n{log}"
     );
     drop(cross);
-    let cross = UnionMount::mount(cross_stack(&kernel.stack));
+    let cross = UnionMount::mount(cross_stack(&kernel.stack, &ours_stack.lowers));
     ensure_eq!(
         fixture::dump(cross.mnt()),
         view,
@@ -622,7 +361,7 @@ pub(crate) fn compare(script: &Script, prepare: fn(&Stack)) -> Result<(), String
     );
     ensure_eq!(
         kernel.stack.lowers_dump(),
-        lowers_before,
+        kernel_lowers_before,
         "kernel overlayfs changed a lower layer"
     );
     Ok(())
@@ -1418,6 +1157,51 @@ fn kernel_readdir_d_ino_of_link_to_copied_up_file() {
             Op::Link("a/d", "a/a"),
             Op::Stat("a/a"),
             Op::List("a"),
+        ],
+    });
+}
+
+#[test]
+fn partial_writes_mmap_and_directory_streams_over_foreign_markers() {
+    check(&Script {
+        lowers: &[
+            "f a hello\ns sp 200000\nF big 300000\nd d\nf d/x 1\nf d/y 2\nu d/y 65534:65534\n\
+             W d/gone\nO o\nf o/new n\nU p\nf p/new2 m",
+            "d d\nf d/w 4\nf d/v 5\nf e 0123456789\nd o\nf o/old x\nd p\nf p/old2 y",
+            "f d/gone G\nd q\nf q/deep z\nu q 1:2",
+        ],
+        upper: "",
+        ops: &[
+            Op::Read("big"),
+            Op::WriteAt("big", 4095, 10),
+            Op::Read("big"),
+            Op::WriteAt("sp", 300_000, 5),
+            Op::Stat("sp"),
+            Op::Read("sp"),
+            Op::WriteAt("a", 2, 3),
+            Op::Read("a"),
+            Op::MmapWrite("e", 3, "MM"),
+            Op::Read("e"),
+            Op::MmapWrite("a", 100, "x"),
+            Op::MmapWrite("big", 100_000, "zz"),
+            Op::Read("big"),
+            Op::List("d"),
+            Op::ListUnlinking("d", "x"),
+            Op::List("d"),
+            Op::ListUnlinking("d", "gone"),
+            Op::Seekdir("d", 2),
+            Op::Seekdir("", 3),
+            Op::Seekdir("o", 0),
+            Op::List("o"),
+            Op::List("p"),
+            Op::Stat("d/y"),
+            Op::Stat("q"),
+            Op::Truncate("big", 1 << 20),
+            Op::Read("big"),
+            Op::Rmdir("o"),
+            Op::RmRf("p"),
+            Op::Mkdir("p", 0o755),
+            Op::List("p"),
         ],
     });
 }

@@ -17,7 +17,9 @@
 //!   could copy them up (write, chmod, xattr change, link or rename of them) ever names a path
 //!   through an `h` component; symlink targets never contain one either (README: unionmount
 //!   links every looked-up name to the copy, the kernel with `index=off` breaks the link);
-//! - only `user.*` xattrs, no `.wh.` names, only the kernel's marker formats in the layers;
+//! - only `user.*` xattrs and no `.wh.` names in operations; lowers hold markers in every
+//!   format unionmount reads (the kernel gets them translated to its own, see `compare`), the
+//!   upper only the kernel's (the format unionmount writes);
 //! - whiteouts only where the kernel hides them: it lists a directory that one layer alone
 //!   provides straight from that layer, whiteouts included (`Plan::drop_listed_whiteouts`);
 //! - no `..` in symlink targets, so nothing resolves outside the mount;
@@ -53,6 +55,12 @@ const DATA: [&str; 5] = ["", "x", "yy", "new", "0123456789abcdef"];
 const XATTR_KEYS: [&str; 2] = ["user.k", "user.m"];
 const XATTR_VALUES: [&str; 2] = ["1", "vv"];
 const FILE_MODES: [u32; 6] = [0o644, 0o600, 0o755, 0o444, 0o4755, 0o000];
+const OWNERS: [&str; 3] = ["65534:65534", "1:2", "0:65534"];
+/// Sizes of sparse (`s`) and dense (`F`) layer files: across page and extent boundaries.
+const BIG_SIZES: [u64; 4] = [4097, 70_000, 300_000, 1 << 20];
+/// Offsets and lengths of partial writes (`Op::WriteAt`, `Op::MmapWrite`).
+const OFFSETS: [u64; 7] = [0, 1, 3, 4095, 4096, 65_536, 300_000];
+const LENGTHS: [usize; 4] = [1, 10, 5000, 70_000];
 const DIR_MODES: [u32; 6] = [0o755, 0o700, 0o555, 0o1777, 0o2775, 0o777];
 const CHMOD_MODES: [u32; 9] = [
     0o644, 0o600, 0o755, 0o444, 0o4755, 0o000, 0o777, 0o666, 0o1777,
@@ -176,42 +184,64 @@ impl LayerGen {
                 let (k, v) = (rng.pick(&XATTR_KEYS), rng.pick(&XATTR_VALUES));
                 g.push(format!("x {path} {k} {v}"));
             }
+            if rng.pct(10) {
+                g.push(format!("u {path} {}", rng.pick(&OWNERS)));
+            }
             if rng.pct(20) {
                 g.push(format!("m {path} {:o}", rng.pick(modes)));
             }
         };
         let mut g = Group::new();
         match rng.below(100) {
-            0..35 => {
+            0..31 => {
                 if self.claim(&path, Kind::Other) {
                     g.push(format!("f {path} {}", rng.pick(&CONTENTS)));
                     attrs(rng, &path, &FILE_MODES, &mut g);
                 }
             }
-            35..60 => {
+            31..35 => {
+                if self.claim(&path, Kind::Other) {
+                    let op = if rng.pct(50) { 's' } else { 'F' };
+                    g.push(format!("{op} {path} {}", rng.pick(&BIG_SIZES)));
+                    attrs(rng, &path, &FILE_MODES, &mut g);
+                }
+            }
+            35..58 => {
                 if self.claim(&path, Kind::Dir) {
                     g.push(format!("d {path}"));
                     attrs(rng, &path, &DIR_MODES, &mut g);
                 }
             }
-            60..68 => {
+            58..66 => {
                 if self.claim(&path, Kind::Dir) {
-                    g.push(format!("o {path}"));
+                    // Opaque in each format (the upper: only the kernel's).
+                    let op = if is_lower {
+                        rng.pick(&['o', 'O', 'U'])
+                    } else {
+                        'o'
+                    };
+                    g.push(format!("{op} {path}"));
                 }
             }
-            68..76 => {
+            66..74 => {
                 if self.claim(&path, Kind::Other) {
                     g.push(format!("l {path} {}", random_target(rng)));
                 }
             }
-            76..81 => {
+            74..79 => {
                 if self.claim(&path, Kind::Other) {
                     g.push(format!("p {path}"));
                 }
             }
-            81..93 => {
+            79..93 => {
                 if self.claim(&path, Kind::Other) {
-                    g.push(format!("w {path}"));
+                    // A whiteout in each format (the upper: only the kernel's).
+                    let op = if is_lower {
+                        rng.pick(&['w', 'w', 'W', 'X'])
+                    } else {
+                        'w'
+                    };
+                    g.push(format!("{op} {path}"));
                 }
             }
             _ if is_lower => {
@@ -338,6 +368,16 @@ impl Chooser<'_> {
         leak(random_path(rng))
     }
 
+    /// A directory and the name of something in it (mostly a non-directory, not through a
+    /// hard-link name), for `Op::ListUnlinking`.
+    fn child(&self, rng: &mut Rng) -> (&'static str, &'static str) {
+        let p = self.path(rng, Want::NonDir, true);
+        match p.rsplit_once('/') {
+            Some((dir, name)) => (dir, name),
+            None => ("", p),
+        }
+    }
+
     fn try_path(&self, rng: &mut Rng, want: Want) -> String {
         let v = self.view;
         let existing: Vec<&String> = match want {
@@ -369,7 +409,7 @@ impl Chooser<'_> {
 fn random_op(rng: &mut Rng, c: &Chooser) -> Op {
     use Want::*;
     let data = rng.pick(&DATA);
-    let op = match rng.below(104) {
+    let op = match rng.below(114) {
         0..8 => Op::Read(c.path(rng, File, false)),
         8..16 => Op::Stat(c.path(rng, Any, false)),
         16..22 => Op::List(if rng.pct(15) {
@@ -379,7 +419,10 @@ fn random_op(rng: &mut Rng, c: &Chooser) -> Op {
         }),
         22..27 => Op::Write(c.path(rng, File, true), data),
         27..32 => Op::Append(c.path(rng, File, true), data),
-        32..35 => Op::Truncate(c.path(rng, File, true), rng.pick(&[0, 1, 3, 8])),
+        32..35 => Op::Truncate(
+            c.path(rng, File, true),
+            rng.pick(&[0, 1, 3, 8, 4097, 1 << 20]),
+        ),
         35..38 => Op::Rewrite(c.path(rng, File, true), data),
         38..43 => Op::Create(c.path(rng, New, false), data),
         43..49 => Op::Unlink(c.path(rng, NonDir, false)),
@@ -411,7 +454,25 @@ fn random_op(rng: &mut Rng, c: &Chooser) -> Op {
         94..97 => Op::Mkfifo(c.path(rng, New, false)),
         97..98 => Op::MknodChar(c.path(rng, New, false), 0, 0),
         98..100 => Op::Readlink(c.path(rng, Other, false)),
-        _ => Op::Utimes(c.path(rng, Any, true), 5),
+        100..101 => Op::Utimes(c.path(rng, Any, true), 5),
+        101..105 => Op::WriteAt(
+            c.path(rng, File, true),
+            rng.pick(&OFFSETS),
+            rng.pick(&LENGTHS),
+        ),
+        105..108 => Op::MmapWrite(c.path(rng, File, true), rng.pick(&OFFSETS), data),
+        108..111 => {
+            let (dir, name) = c.child(rng);
+            Op::ListUnlinking(dir, name)
+        }
+        _ => Op::Seekdir(
+            if rng.pct(25) {
+                ""
+            } else {
+                c.path(rng, Dir, false)
+            },
+            rng.below(5),
+        ),
     };
     // No `rm -rf` as nobody (see the module documentation).
     if rng.pct(NOBODY_PCT) && !matches!(op, Op::RmRf(_)) {
@@ -425,7 +486,10 @@ fn random_op(rng: &mut Rng, c: &Chooser) -> Op {
 /// ones before, so that most act on something: the layers are mounted by kernel overlayfs to
 /// generate them.
 fn random_ops(rng: &mut Rng, lowers: &[Vec<Group>], upper: &[Group]) -> Vec<Op> {
-    let descs: Vec<String> = lowers.iter().map(|l| layer_desc(l)).collect();
+    let descs: Vec<String> = lowers
+        .iter()
+        .map(|l| crate::fixture::kernel_format(&layer_desc(l)))
+        .collect();
     let descs: Vec<&str> = descs.iter().map(String::as_str).collect();
     let stack = Stack::with_upper(&descs, &layer_desc(upper));
     std::fs::set_permissions(stack.tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -442,7 +506,7 @@ fn random_ops(rng: &mut Rng, lowers: &[Vec<Group>], upper: &[Group]) -> Vec<Op> 
 
 fn random_plan(seed: u64) -> Plan {
     let mut rng = Rng(seed);
-    let lowers = (0..2 + rng.below(2))
+    let lowers = (0..3 + rng.below(2))
         .map(|_| random_layer(&mut rng, true))
         .collect();
     let upper = if rng.pct(30) {
@@ -466,14 +530,20 @@ fn kinds(groups: &[Group]) -> BTreeMap<String, char> {
     for line in groups.iter().flatten() {
         let mut it = line.split(' ');
         let (op, path) = (it.next().unwrap(), it.next().unwrap());
-        if matches!(op, "x" | "m") {
+        if matches!(op, "x" | "m" | "u") {
             continue;
         }
         let comps: Vec<&str> = path.split('/').collect();
         for i in 1..comps.len() {
             kinds.entry(comps[..i].join("/")).or_insert('d');
         }
-        kinds.insert(path.to_string(), op.chars().next().unwrap());
+        let kind = match op {
+            "O" | "U" => 'o',
+            "W" | "X" => 'w',
+            "s" | "F" => 'f',
+            _ => op.chars().next().unwrap(),
+        };
+        kinds.insert(path.to_string(), kind);
     }
     kinds
 }
@@ -598,7 +668,9 @@ impl Plan {
     /// Removes the whiteouts that kernel overlayfs would list: it reads a directory that only
     /// one layer provides (no merge) straight from that layer, whiteouts included, although
     /// lookups of them fail; unionmount hides them. A whiteout is kept only at the root (always
-    /// merged) or in a directory that its layer and at least one other provide.
+    /// merged) or in a directory that its layer and at least one other provide. The kernel
+    /// also lists an xattr whiteout (`X`) in the lowest layer of a merge: one is kept only
+    /// where a layer below its own takes part in the merge.
     fn drop_listed_whiteouts(&mut self) {
         loop {
             let layers: Vec<BTreeMap<String, char>> = std::iter::once(&self.upper)
@@ -606,14 +678,18 @@ impl Plan {
                 .map(|l| kinds(l))
                 .collect();
             let listed = |layer: usize, g: &Group| {
-                let Some(path) = g[0].strip_prefix("w ") else {
+                let Some(path) = ["w ", "W ", "X "].iter().find_map(|p| g[0].strip_prefix(p))
+                else {
                     return false;
                 };
-                let Some((dir, _)) = path.rsplit_once('/') else {
-                    return false;
+                let merged = match path.rsplit_once('/') {
+                    Some((dir, _)) => merged_layers(&layers, dir),
+                    None => (0..layers.len()).collect(),
                 };
-                let merged = merged_layers(&layers, dir);
-                merged.len() < 2 || !merged.contains(&layer)
+                let lowest = merged.iter().all(|&i| i <= layer);
+                (merged.len() < 2 && path.contains('/'))
+                    || !merged.contains(&layer)
+                    || (g[0].starts_with('X') && lowest)
             };
             let found = std::iter::once(&mut self.upper)
                 .chain(&mut self.lowers)

@@ -465,3 +465,39 @@ fn fuse_backend_rs_errors_are_not_turned_into_enoent() {
     assert_eq!(ls(&u, "locked"), ["in"]);
     assert_eq!(cat(&u, "locked/in"), "i");
 }
+
+/// Found by the random differential plans once lowers held `user.fuseoverlayfs.opaque`:
+/// fuse-overlayfs's opaque marker was shown as an ordinary user xattr (and settable), so a
+/// user could read a marker and plant one on an upper directory, making it opaque at the next
+/// mount. It is private now, like the kernel's `overlay.*` xattrs.
+#[test]
+fn fuse_overlayfs_opaque_xattr_is_private() {
+    let s = Stack::new(&["U o\nf o/a a", "d o\nf o/hidden h"]);
+    let u = s.union();
+    let key = os("user.fuseoverlayfs.opaque");
+    let o = ino(&u, "o");
+    assert_eq!(ls(&u, "o"), ["a"], "the marker still makes o opaque");
+    assert!(
+        !u.listxattr(o)
+            .unwrap()
+            .iter()
+            .any(|k| k.starts_with("user.fuseoverlayfs."))
+    );
+    assert_eq!(err(u.getxattr(o, key)), Errno::NODATA);
+    mkdir(&u, "new", 0o755).unwrap();
+    let new = ino(&u, "new");
+    assert_eq!(err(u.setxattr(new, key, b"y", 0)), Errno::PERM);
+    assert_eq!(err(u.removexattr(o, key)), Errno::PERM);
+    // A copy-up of the opaque directory does not copy the marker (as the kernel does not copy
+    // its own): the lower stays opaque below the copy.
+    put(&u, "o/b", "b").unwrap();
+    assert_eq!(ls(&u, "o"), ["a", "b"]);
+    assert!(
+        rustix::fs::lgetxattr(
+            s.upper.join("o"),
+            "user.fuseoverlayfs.opaque",
+            &mut [0u8; 8]
+        )
+        .is_err()
+    );
+}
