@@ -12,11 +12,12 @@
 //!   `X PATH`             xattr whiteout: zero-size file with `trusted.overlay.whiteout`, and
 //!                        its directory marked `trusted.overlay.opaque=x`
 //!   `U PATH`             directory opaque by `user.fuseoverlayfs.opaque=y`
+//!   `Y PATH`             directory opaque by `user.overlay.opaque=y` (userxattr format)
 //!   `u PATH UID:GID`     lchown              `F PATH SIZE`       SIZE bytes of `pattern`
 //!   `s PATH SIZE`        sparse file of SIZE bytes: `pattern` data only in the 4 KiB block at
 //!                        SIZE/2 and in the last 100 bytes, holes elsewhere
 //!
-//! `W`, `O` and `U` are formats kernel overlayfs does not read; `kernel_format` translates a
+//! `W`, `O`, `U` and `Y` are formats kernel overlayfs does not read; `kernel_format` translates a
 //! description into the kernel's own formats with the same meaning.
 
 #![allow(dead_code)]
@@ -147,9 +148,14 @@ pub fn build(root: &Path, desc: &str) {
                 fs::create_dir_all(&p).unwrap();
                 fs::write(p.join(".wh..wh..opq"), "").unwrap();
             }
-            "U" => {
+            "U" | "Y" => {
                 fs::create_dir_all(&p).unwrap();
-                set_xattr(&p, "user.fuseoverlayfs.opaque", b"y");
+                let key = if op == "U" {
+                    "user.fuseoverlayfs.opaque"
+                } else {
+                    "user.overlay.opaque"
+                };
+                set_xattr(&p, key, b"y");
             }
             "u" => {
                 let (uid, gid) = rest.split_once(':').expect("u PATH UID:GID");
@@ -200,13 +206,13 @@ pub fn pattern(seed: &str, len: usize) -> Vec<u8> {
 }
 
 /// The description `desc` in the kernel's own marker formats: AUFS whiteouts (`W`) become
-/// char 0/0 whiteouts, `.wh..wh..opq` (`O`) and `user.fuseoverlayfs.opaque` (`U`) opaque
-/// directories become `trusted.overlay.opaque=y`. Everything else is kept.
+/// char 0/0 whiteouts, `.wh..wh..opq` (`O`), `user.fuseoverlayfs.opaque` (`U`) and
+/// `user.overlay.opaque` (`Y`) opaque directories become `trusted.overlay.opaque=y`. Everything else is kept.
 pub fn kernel_format(desc: &str) -> String {
     desc.lines()
         .map(|line| match line.trim().split_once(' ') {
             Some(("W", path)) => format!("w {path}"),
-            Some(("O" | "U", path)) => format!("o {path}"),
+            Some(("O" | "U" | "Y", path)) => format!("o {path}"),
             _ => line.to_string(),
         })
         .collect::<Vec<_>>()

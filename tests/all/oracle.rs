@@ -250,7 +250,7 @@ macro_rules! ensure_eq {
 /// plans of `random.rs` shrink a failing plan by calling this again). The caller checks
 /// `overlay_available` first.
 ///
-/// Lowers holding marker formats the kernel does not read (`W`, `O`, `U`) are given to the
+/// Lowers holding marker formats the kernel does not read (`W`, `O`, `U`, `Y`) are given to the
 /// kernel translated into its own formats (`fixture::kernel_format`); unionmount gets the
 /// original, so both must show the same merged view from equivalent layers.
 pub(crate) fn compare(script: &Script, prepare: fn(&Stack)) -> Result<(), String> {
@@ -1167,8 +1167,8 @@ fn partial_writes_mmap_and_directory_streams_over_foreign_markers() {
         lowers: &[
             "f a hello\ns sp 200000\nF big 300000\nd d\nf d/x 1\nf d/y 2\nu d/y 65534:65534\n\
              W d/gone\nO o\nf o/new n\nU p\nf p/new2 m",
-            "d d\nf d/w 4\nf d/v 5\nf e 0123456789\nd o\nf o/old x\nd p\nf p/old2 y",
-            "f d/gone G\nd q\nf q/deep z\nu q 1:2",
+            "d d\nf d/w 4\nf d/v 5\nf e 0123456789\nd o\nf o/old x\nd p\nf p/old2 y\nY r\nf r/s s",
+            "f d/gone G\nd q\nf q/deep z\nu q 1:2\nf r/hidden h",
         ],
         upper: "",
         ops: &[

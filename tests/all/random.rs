@@ -216,7 +216,7 @@ impl LayerGen {
                 if self.claim(&path, Kind::Dir) {
                     // Opaque in each format (the upper: only the kernel's).
                     let op = if is_lower {
-                        rng.pick(&['o', 'O', 'U'])
+                        rng.pick(&['o', 'O', 'U', 'Y'])
                     } else {
                         'o'
                     };
@@ -538,7 +538,7 @@ fn kinds(groups: &[Group]) -> BTreeMap<String, char> {
             kinds.entry(comps[..i].join("/")).or_insert('d');
         }
         let kind = match op {
-            "O" | "U" => 'o',
+            "O" | "U" | "Y" => 'o',
             "W" | "X" => 'w',
             "s" | "F" => 'f',
             _ => op.chars().next().unwrap(),
