@@ -1,6 +1,7 @@
 //! The one integration-test binary: modules per concern share the fixtures.
 
 mod cli;
+mod crash;
 mod fixture;
 mod formats;
 mod mount;
