@@ -506,3 +506,48 @@ fn rename_over_emptied_merged_dir_never_shows_its_lower_entries_again() {
     assert_eq!(cat(&u, "d/kept"), "k");
     assert_eq!(err(at(&u, "n")), Errno::NOENT);
 }
+
+/// Runs `f` in a thread whose effective capabilities lack CAP_DAC_OVERRIDE and
+/// CAP_DAC_READ_SEARCH: root that obeys mode bits, like a daemon a lower is unreadable to.
+pub(crate) fn without_dac<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                use rustix::thread::{CapabilitySet, capabilities, set_capabilities};
+                let mut caps = capabilities(None).expect("capget");
+                caps.effective -= CapabilitySet::DAC_OVERRIDE | CapabilitySet::DAC_READ_SEARCH;
+                set_capabilities(None, caps).expect("capset");
+                f()
+            })
+            .join()
+            .expect("the thread without DAC capabilities panicked")
+    })
+}
+
+/// unionmount fault test: looking up a lower directory the daemon may not read (mode 000,
+/// daemon without CAP_DAC_*) failed with EACCES, because its markers were read through an open
+/// of the directory; under the kernel the name resolves and only listing it fails.
+#[test]
+fn lookup_of_a_directory_the_daemon_cannot_read_resolves() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipping: dropping DAC capabilities needs root");
+        return;
+    }
+    let s = Stack::new(&["d shut\nf shut/in i\nm shut 000", "d shut\nf shut/below b"]);
+    let u = s.union();
+    let (mode, listed) = without_dac(|| {
+        assert!(
+            fs::read_dir(s.lowers[0].join("shut")).is_err(),
+            "DAC still overridden"
+        );
+        let shut = at(&u, "shut").expect("lookup of an unreadable directory");
+        let listed = u
+            .opendir(shut.ino)
+            .and_then(|fh| u.readdir(fh, 0).map(|e| e.len()));
+        (shut.st.st_mode & 0o7777, listed)
+    });
+    assert_eq!(mode, 0);
+    assert_eq!(listed.map(|_| ()), Err(Errno::ACCESS), "listing it");
+    // With the capabilities back, it merges with the lower below as before.
+    assert_eq!(ls(&u, "shut"), ["below", "in"]);
+}
