@@ -13,7 +13,8 @@
 //!
 //! Each iteration's script and kill moment come from a seed, so a failure names the seed and
 //! replays with `UNIONMOUNT_CRASH_SEED=S` (which OS scheduling makes close, not exact).
-//! `UNIONMOUNT_CRASH_ITERATIONS=N` runs N kills instead of the default [`DEFAULT_ITERATIONS`].
+//! `UNIONMOUNT_CRASH_ITERATIONS=N` runs N kills instead of the default [`DEFAULT_ITERATIONS`]
+//! (and N/4 of the focused rename test).
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -31,19 +32,14 @@ use crate::cli::{
     Foreground, can_mount, exited, is_mounted, kernel_overlay, spawn_foreground, unmount_command,
     wait_for,
 };
-use crate::fixture::{Stack, dump};
+use crate::fixture::{Stack, build, dump};
 use crate::random::Rng;
+
+mod model;
+use model::{Lower, Op, WORKERS, apply, build_lowers, mismatch, script};
 
 /// Kills per run by default: enough to land in each kind of operation, about a minute.
 const DEFAULT_ITERATIONS: u64 = 24;
-const WORKERS: usize = 3;
-/// Size of each worker's large lower file: big enough that a copy-up takes a while.
-const BIG: usize = 12 << 20;
-/// Files in each worker's wide lower directory: emptying it leaves that many whiteouts.
-const WIDE: usize = 200;
-/// Primitive operations per worker script (a directory replacement counts each unlink).
-const SCRIPT_LEN: usize = 40;
-
 // ---------------------------------------------------------------------------------------
 // Stale staging is cleared at mount
 // ---------------------------------------------------------------------------------------
@@ -79,248 +75,6 @@ fn mount_clears_stale_staging_in_work_without_following_symlinks() {
     );
     assert_eq!(s.lowers_dump(), lowers);
     assert_eq!(crate::ops::cat(&u, "a"), "lower");
-}
-
-// ---------------------------------------------------------------------------------------
-// The model of one worker's subtree
-// ---------------------------------------------------------------------------------------
-
-/// A seeded choice from `v`, `None` when it is empty.
-fn choose<'a, T>(rng: &mut Rng, v: &'a [T]) -> Option<&'a T> {
-    (!v.is_empty()).then(|| &v[rng.below(v.len())])
-}
-
-/// One object of a worker's subtree. `pure` directories were made by the script (nothing
-/// below merges into them), so renaming them is allowed; lower directories give EXDEV.
-#[derive(Clone, Debug, PartialEq)]
-enum Obj {
-    Dir { pure: bool },
-    File { content: usize, mode: u32 },
-}
-
-/// A worker's subtree: path relative to the worker's directory -> object.
-type State = BTreeMap<String, Obj>;
-
-/// Primitive operations, each one syscall through the mount.
-#[derive(Clone, Debug)]
-enum Op {
-    /// chmod: a copy-up with data.
-    Chmod(String, u32),
-    /// open for writing, then close: a copy-up with data and nothing changed.
-    OpenWrite(String),
-    Rename(String, String),
-    Unlink(String),
-    Rmdir(String),
-    Mkdir(String),
-}
-
-fn parent_of(p: &str) -> Option<&str> {
-    p.rsplit_once('/').map(|(d, _)| d)
-}
-
-fn apply(st: &State, op: &Op) -> State {
-    let mut st = st.clone();
-    match op {
-        Op::Chmod(p, m) => {
-            if let Some(Obj::File { mode, .. }) = st.get_mut(p) {
-                *mode = *m;
-            }
-        }
-        Op::OpenWrite(_) => {}
-        Op::Rename(from, to) => {
-            let moved: Vec<(String, Obj)> = st
-                .iter()
-                .filter(|(k, _)| *k == from || k.starts_with(&format!("{from}/")))
-                .map(|(k, v)| (format!("{to}{}", &k[from.len()..]), v.clone()))
-                .collect();
-            st.retain(|k, _| !(k == from || k.starts_with(&format!("{from}/")) || k == to));
-            st.extend(moved);
-        }
-        Op::Unlink(p) | Op::Rmdir(p) => {
-            st.remove(p);
-        }
-        Op::Mkdir(p) => {
-            st.insert(p.clone(), Obj::Dir { pure: true });
-        }
-    }
-    st
-}
-
-fn children<'a>(st: &'a State, dir: &str) -> Vec<&'a String> {
-    st.keys().filter(|k| parent_of(k) == Some(dir)).collect()
-}
-
-/// Names at the top of a worker's directory that scripts may create.
-const TOP_NAMES: [&str; 10] = [
-    "big", "f0", "f1", "f2", "f3", "n0", "n1", "n2", "d0", "wide",
-];
-
-/// A random script from `st`: every operation valid in the state it runs in (so any error
-/// before the kill is a bug), the first one a copy-up of the large file.
-fn script(rng: &mut Rng, start: &State) -> Vec<Op> {
-    let mut st = start.clone();
-    let mut ops = vec![if rng.below(2) == 0 {
-        Op::Chmod("big".into(), 0o640)
-    } else {
-        Op::OpenWrite("big".into())
-    }];
-    st = apply(&st, &ops[0]);
-    while ops.len() < SCRIPT_LEN {
-        let files: Vec<String> = st
-            .iter()
-            .filter(|(_, o)| matches!(o, Obj::File { .. }))
-            .map(|(k, _)| k.clone())
-            .collect();
-        let dirs: Vec<String> = st
-            .iter()
-            .filter(|(_, o)| matches!(o, Obj::Dir { .. }))
-            .map(|(k, _)| k.clone())
-            .collect();
-        let absent: Vec<String> = TOP_NAMES
-            .iter()
-            .filter(|n| !st.contains_key(**n))
-            .map(|n| n.to_string())
-            .collect();
-        let mut new = Vec::new();
-        match rng.below(8) {
-            0 => {
-                if let Some(f) = choose(rng, &files) {
-                    let mode = rng.pick(&[0o600, 0o640, 0o604, 0o700]);
-                    new.push(Op::Chmod(f.clone(), mode));
-                }
-            }
-            1 => {
-                if let Some(f) = choose(rng, &files) {
-                    new.push(Op::OpenWrite(f.clone()));
-                }
-            }
-            2 => {
-                // A file moves onto a new name or over another file, maybe into a directory.
-                let (Some(f), Some(dir)) = (choose(rng, &files), choose(rng, &dirs)) else {
-                    continue;
-                };
-                let name = ["x0", "x1", "y0"][rng.below(3)];
-                let to = if rng.below(2) == 0 {
-                    format!("{dir}/{name}")
-                } else {
-                    TOP_NAMES[rng.below(TOP_NAMES.len())].to_string()
-                };
-                if to != *f && !matches!(st.get(&to), Some(Obj::Dir { .. })) {
-                    new.push(Op::Rename(f.clone(), to));
-                }
-            }
-            3 => {
-                if let Some(f) = choose(rng, &files) {
-                    new.push(Op::Unlink(f.clone()));
-                }
-            }
-            4 | 5 => {
-                // rm -rf of a directory, usually made again: the new one is opaque.
-                if let Some(d) = choose(rng, &dirs) {
-                    for c in children(&st, d) {
-                        new.push(Op::Unlink(c.clone()));
-                    }
-                    if rng.below(3) > 0 {
-                        new.push(Op::Rmdir(d.clone()));
-                        if rng.below(4) > 0 {
-                            new.push(Op::Mkdir(d.clone()));
-                        }
-                    }
-                }
-            }
-            6 => {
-                if let Some(n) = choose(rng, &absent) {
-                    new.push(Op::Mkdir(n.clone()));
-                }
-            }
-            _ => {
-                // A directory the script made moves to a free name or over an empty
-                // directory (maybe a merged one whose entries are all whited out).
-                let pure: Vec<&String> = dirs
-                    .iter()
-                    .filter(|d| st.get(*d) == Some(&Obj::Dir { pure: true }))
-                    .collect();
-                let Some(src) = choose(rng, &pure) else {
-                    continue;
-                };
-                let targets: Vec<String> = TOP_NAMES
-                    .iter()
-                    .map(|n| n.to_string())
-                    .filter(|n| n != *src)
-                    .filter(|n| match st.get(n) {
-                        None => true,
-                        Some(Obj::Dir { .. }) => children(&st, n).is_empty(),
-                        Some(Obj::File { .. }) => false,
-                    })
-                    .collect();
-                if let Some(to) = choose(rng, &targets) {
-                    new.push(Op::Rename((*src).clone(), to.clone()));
-                }
-            }
-        }
-        for op in new {
-            st = apply(&st, &op);
-            ops.push(op);
-        }
-    }
-    ops
-}
-
-/// The lower contents every model state refers to by index.
-struct Lower {
-    contents: Vec<Vec<u8>>,
-    /// Each worker's subtree as the lowers show it.
-    start: Vec<State>,
-}
-
-/// Writes the lowers: per worker (directory `wN`) a large file, small files, a directory
-/// merged across both lowers, and a wide directory in the bottom lower.
-fn build_lowers(s: &Stack, rng: &mut Rng) -> Lower {
-    let mut contents = Vec::new();
-    let mut starts = Vec::new();
-    let (top, bottom) = (&s.lowers[0], &s.lowers[1]);
-    for w in 0..WORKERS {
-        let mut st = State::new();
-        let mut file = |layer: &Path, rel: &str, data: Vec<u8>| {
-            let p = layer.join(format!("w{w}/{rel}"));
-            fs::create_dir_all(p.parent().unwrap()).unwrap();
-            fs::write(&p, &data).unwrap();
-            fs::set_permissions(&p, fs::Permissions::from_mode(0o644)).unwrap();
-            let content = contents.len();
-            contents.push(data);
-            st.insert(
-                rel.to_string(),
-                Obj::File {
-                    content,
-                    mode: 0o644,
-                },
-            );
-        };
-        let mut big = vec![0u8; BIG];
-        for chunk in big.chunks_mut(8) {
-            chunk.copy_from_slice(&rng.next().to_le_bytes());
-        }
-        file(top, "big", big);
-        for i in 0..4 {
-            file(top, &format!("f{i}"), format!("w{w} f{i}").into_bytes());
-        }
-        file(top, "d0/x0", format!("w{w} d0/x0 top").into_bytes());
-        file(bottom, "d0/x1", format!("w{w} d0/x1 bottom").into_bytes());
-        for i in 0..WIDE {
-            file(
-                bottom,
-                &format!("wide/y{i}"),
-                format!("w{w} {i}").into_bytes(),
-            );
-        }
-        st.insert("d0".into(), Obj::Dir { pure: false });
-        st.insert("wide".into(), Obj::Dir { pure: false });
-        starts.push(st);
-    }
-    Lower {
-        contents,
-        start: starts,
-    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -366,38 +120,6 @@ fn snapshot_into(root: &Path, dir: &Path, out: &mut BTreeMap<String, Seen>) {
         };
         out.insert(rel, seen);
     }
-}
-
-/// Why `seen` (one worker's subtree) is not `model`, or `None` if it is.
-fn mismatch(model: &State, seen: &BTreeMap<String, Seen>, lower: &Lower) -> Option<String> {
-    let mut why = Vec::new();
-    for (path, obj) in model {
-        match (obj, seen.get(path)) {
-            (Obj::Dir { .. }, Some(Seen::Dir)) => {}
-            (Obj::File { content, mode }, Some(Seen::File { mode: m, data })) => {
-                let want = &lower.contents[*content];
-                if data != want {
-                    why.push(format!(
-                        "{path}: {} bytes, want {} bytes{}",
-                        data.len(),
-                        want.len(),
-                        if want.starts_with(data) {
-                            " (truncated)"
-                        } else {
-                            ""
-                        }
-                    ));
-                } else if mode != m {
-                    why.push(format!("{path}: mode {m:o}, want {mode:o}"));
-                }
-            }
-            (_, got) => why.push(format!("{path}: {got:?}, want {obj:?}")),
-        }
-    }
-    for path in seen.keys().filter(|p| !model.contains_key(*p)) {
-        why.push(format!("{path}: present, want absent"));
-    }
-    (!why.is_empty()).then(|| why.join("; "))
 }
 
 /// The part of a merged snapshot under worker `w`'s directory, relative to it.
@@ -459,6 +181,21 @@ struct Layers {
 }
 
 impl Layers {
+    /// An empty upper, workdir and mountpoint under `dir`, over the stack's lowers.
+    fn new(s: &Stack, dir: &Path) -> Layers {
+        let lowers: Vec<String> = s.lowers.iter().map(|l| l.display().to_string()).collect();
+        let layers = Layers {
+            lowers: lowers.join(":"),
+            upper: dir.join("upper"),
+            work: dir.join("work"),
+            mnt: dir.join("mnt"),
+        };
+        for d in [&layers.upper, &layers.work, &layers.mnt] {
+            fs::create_dir_all(d).unwrap();
+        }
+        layers
+    }
+
     fn start(&self) -> Foreground {
         spawn_foreground(
             &[
@@ -537,19 +274,66 @@ fn sigkill_during_copy_up_rename_delete_and_replace_leaves_old_or_new() {
     eprintln!("crash: {n} kills in {:?}: {stats:?}", started.elapsed());
 }
 
+/// Whiteouts in the upper directory the focused rename test replaces: enough that removing
+/// them one by one would take a while.
+const WIDE_WHITEOUTS: usize = 4000;
+
+/// A directory renamed over a merged directory whose lower entries are all whited out: the
+/// upper directory full of whiteouts must leave in one step wherever the kill lands (before
+/// the fix each whiteout was removed in place, see the regression test
+/// `rename_over_emptied_merged_dir_never_shows_its_lower_entries_again`).
+#[test]
+fn sigkill_during_rename_over_an_emptied_merged_dir_never_shows_its_lower_entries() {
+    if !can_mount() || !crate::mounted::overlay_available() {
+        return;
+    }
+    let s = Stack::new(&[""]);
+    let names: Vec<String> = (0..WIDE_WHITEOUTS).map(|i| format!("wide/e{i}")).collect();
+    let lower: Vec<String> = names.iter().map(|n| format!("f {n} x")).collect();
+    build(&s.lowers[0], &lower.join("\n"));
+    let mut upper: Vec<String> = names.iter().map(|n| format!("w {n}")).collect();
+    upper.push("f n/kept k".into());
+    let upper = upper.join("\n");
+    let lowers_before = s.lowers_dump();
+    let (mut olds, mut news) = (0, 0);
+    for it in 0..(iterations() / 4).max(1) {
+        let seed = base_seed().wrapping_add(it);
+        let delay = Duration::from_millis(Rng(seed).below(200) as u64);
+        let ctx = format!("seed {seed} (rename iteration {it}, kill after {delay:?})");
+        let dir = s.tmp.path().join(format!("rename{it}"));
+        let layers = Layers::new(&s, &dir);
+        build(&layers.upper, &upper);
+        let fg = layers.start();
+        let mnt = layers.mnt.clone();
+        let mover = thread::spawn(move || fs::rename(mnt.join("n"), mnt.join("wide")));
+        thread::sleep(delay);
+        kill9(fg, &layers.mnt);
+        let renamed = mover.join().expect("the renaming thread panicked").is_ok();
+
+        let (fg, merged) = remount(&layers, &ctx);
+        let file = |p: &str| matches!(merged.get(p), Some(Seen::File { data, .. }) if data == b"k");
+        let only = |paths: &[&str]| merged.keys().all(|k| paths.contains(&k.as_str()));
+        let old = file("n/kept") && only(&["n", "n/kept", "wide"]);
+        let new = file("wide/kept") && only(&["wide", "wide/kept"]);
+        assert!(
+            (old && !renamed) || new,
+            "{ctx}: neither before nor after the rename (it returned {renamed}): {:?}",
+            merged.keys().take(8).collect::<Vec<_>>()
+        );
+        olds += u64::from(old);
+        news += u64::from(new);
+        check_with_kernel(&s, &layers, fg, &merged, &ctx);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+    assert_eq!(s.lowers_dump(), lowers_before, "a lower layer was modified");
+    eprintln!("crash: rename over an emptied directory: killed before it {olds}, after {news}");
+}
+
 /// One iteration: fresh upper and workdir, workers, SIGKILL at a seeded moment, remount, check.
 fn crash_once(s: &Stack, lower: &Lower, seed: u64, it: u64, stats: &mut Stats) {
     let mut rng = Rng(seed);
     let dir = s.tmp.path().join(format!("it{it}"));
-    let layers = Layers {
-        lowers: format!("{}:{}", s.lowers[0].display(), s.lowers[1].display()),
-        upper: dir.join("upper"),
-        work: dir.join("work"),
-        mnt: dir.join("mnt"),
-    };
-    for d in [&layers.upper, &layers.work, &layers.mnt] {
-        fs::create_dir_all(d).unwrap();
-    }
+    let layers = Layers::new(s, &dir);
     let scripts: Vec<Vec<Op>> = lower.start.iter().map(|st| script(&mut rng, st)).collect();
     let delay = Duration::from_millis(rng.below(400) as u64);
     let ctx = format!("seed {seed} (iteration {it}, kill after {delay:?})");
@@ -585,18 +369,7 @@ fn crash_once(s: &Stack, lower: &Lower, seed: u64, it: u64, stats: &mut Stats) {
         .unwrap_or(0);
     stats.stale_staging += u64::from(staged > 0);
 
-    // A fresh daemon on the same layers.
-    let fg = layers.start();
-    let left: Vec<_> = fs::read_dir(layers.work.join("work"))
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name())
-        .collect();
-    assert!(
-        left.is_empty(),
-        "{ctx}: WORKDIR/work not cleared at mount: {left:?}"
-    );
-    let merged = snapshot(&layers.mnt);
+    let (fg, merged) = remount(&layers, &ctx);
     for (w, ops) in scripts.iter().enumerate() {
         let done = progress[w].done.load(Ordering::SeqCst);
         stats.ops_done += done as u64;
@@ -625,17 +398,45 @@ fn crash_once(s: &Stack, lower: &Lower, seed: u64, it: u64, stats: &mut Stats) {
             dump(&layers.upper.join(format!("w{w}")))
         );
     }
-    check_upper(&layers.upper, &merged, &ctx);
-    unmount(fg, &layers.mnt);
+    check_with_kernel(s, &layers, fg, &merged, &ctx);
+    fs::remove_dir_all(&dir).unwrap();
+}
 
-    // The upper and workdir are kernel overlayfs' format: it shows the same merged view.
-    let kmnt = dir.join("kernel");
+/// Starts a fresh daemon on the layers a killed one used, checks that mounting emptied
+/// `WORKDIR/work`, and returns it with the merged view.
+fn remount(layers: &Layers, ctx: &str) -> (Foreground, BTreeMap<String, Seen>) {
+    let fg = layers.start();
+    let left: Vec<_> = fs::read_dir(layers.work.join("work"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(
+        left.is_empty(),
+        "{ctx}: WORKDIR/work not cleared at mount: {left:?}"
+    );
+    let merged = snapshot(&layers.mnt);
+    (fg, merged)
+}
+
+/// Checks the upper against the daemon's `merged` view, unmounts the daemon, and checks that
+/// kernel overlayfs, on the same upper and workdir, shows the same tree.
+fn check_with_kernel(
+    s: &Stack,
+    layers: &Layers,
+    fg: Foreground,
+    merged: &BTreeMap<String, Seen>,
+    ctx: &str,
+) {
+    check_upper(&layers.upper, merged, ctx);
+    unmount(fg, &layers.mnt);
+    let kmnt = layers.mnt.with_file_name("kernel");
     fs::create_dir(&kmnt).unwrap();
     let Some(kernel) = kernel_overlay(&s.lowers, &layers.upper, &layers.work, &kmnt) else {
         return;
     };
     let kview = snapshot(&kmnt);
-    if kview != merged {
+    if kview != *merged {
         let diff: Vec<_> = kview
             .keys()
             .chain(merged.keys())
@@ -644,7 +445,6 @@ fn crash_once(s: &Stack, lower: &Lower, seed: u64, it: u64, stats: &mut Stats) {
         panic!("{ctx}: kernel overlayfs shows another tree; differing paths: {diff:?}");
     }
     drop(kernel);
-    fs::remove_dir_all(&dir).unwrap();
 }
 
 /// The upper holds nothing staged, a whiteout only where the merged view shows nothing and
