@@ -276,7 +276,7 @@ fn sigkill_during_copy_up_rename_delete_and_replace_leaves_old_or_new() {
 
 /// Whiteouts in the upper directory the focused rename test replaces: enough that removing
 /// them one by one would take a while.
-const WIDE_WHITEOUTS: usize = 4000;
+const WIDE_WHITEOUTS: usize = 2000;
 
 /// A directory renamed over a merged directory whose lower entries are all whited out: the
 /// upper directory full of whiteouts must leave in one step wherever the kill lands (before
