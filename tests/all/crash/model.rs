@@ -14,7 +14,7 @@ use crate::random::Rng;
 
 pub(super) const WORKERS: usize = 3;
 /// Size of each worker's large lower file: big enough that a copy-up takes a while.
-pub(super) const BIG: usize = 12 << 20;
+pub(super) const BIG: usize = 24 << 20;
 /// Files in each worker's wide lower directory: emptying it leaves that many whiteouts.
 pub(super) const WIDE: usize = 200;
 /// Primitive operations per worker script (a directory replacement counts each unlink).
