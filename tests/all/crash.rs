@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use rustix::mount::UnmountFlags;
 use rustix::process::{Pid, Signal};
+use unionmount::layer::upper::SHARED_WHITEOUT;
 
 use crate::cli::{
     Foreground, can_mount, exited, is_mounted, kernel_overlay, spawn_foreground, unmount_command,
@@ -38,21 +39,24 @@ use crate::random::Rng;
 mod model;
 use model::{Lower, Op, WORKERS, apply, build_lowers, mismatch, script};
 
-/// Kills per run by default: enough to land in each kind of operation, about a minute.
+/// Kills per run by default: enough to land in each kind of operation, about half a minute.
 const DEFAULT_ITERATIONS: u64 = 24;
+
 // ---------------------------------------------------------------------------------------
 // Stale staging is cleared at mount
 // ---------------------------------------------------------------------------------------
 
+/// `Upper::open` empties `WORKDIR/work` at every mount, as the kernel does; the kill tests rely
+/// on it, and this pins what it may and may not touch.
 #[test]
 fn mount_clears_stale_staging_in_work_without_following_symlinks() {
     let s = Stack::new(&["f a lower"]);
     let outside = s.tmp.path().join("outside");
-    crate::fixture::build(&outside, "f keep kept\nd dir\nf dir/also kept");
+    build(&outside, "f keep kept\nd dir\nf dir/also kept");
     let work = s.work.join("work");
     // What a killed daemon leaves: a half-copied file, a staged tree (one of its directories
     // unreadable by mode), a whiteout, and symlinks that point out of the workdir.
-    crate::fixture::build(
+    build(
         &work,
         "f #um0.1 partial\nd #um1.1/sub/deeper\nf #um1.1/sub/deeper/x x\nm #um1.1/sub 0\nw whiteout",
     );
@@ -365,7 +369,11 @@ fn crash_once(s: &Stack, lower: &Lower, seed: u64, it: u64, stats: &mut Stats) {
         }
     }
     let staged = fs::read_dir(layers.work.join("work"))
-        .map(|rd| rd.flatten().filter(|e| e.file_name() != "whiteout").count())
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| e.file_name() != SHARED_WHITEOUT)
+                .count()
+        })
         .unwrap_or(0);
     stats.stale_staging += u64::from(staged > 0);
 
