@@ -132,8 +132,23 @@ pub fn is_xattr_whiteout(
 
 /// Reads the opaque markers of the directory open as `dir`.
 pub fn dir_markers(dir: BorrowedFd<'_>, keys: &LowerKeys) -> Result<DirMarkers, Errno> {
+    let mut m = dir_xattr_markers(dir, None, keys)?;
+    if !m.opaque {
+        m.opaque = not_found_as_none(sys::path::stat_at(dir, OsStr::new(format::OPAQUE_MARKER)))?
+            .is_some();
+    }
+    Ok(m)
+}
+
+/// The markers kept in xattrs of the directory `name` in `dir` (of `dir` itself without a
+/// name): all the kernel reads, and all that can be read of a directory we may not search.
+pub fn dir_xattr_markers(
+    dir: BorrowedFd<'_>,
+    name: Option<&OsStr>,
+    keys: &LowerKeys,
+) -> Result<DirMarkers, Errno> {
     let mut m = DirMarkers::default();
-    let names = sys::xattr::list(dir, None).unwrap_or_default();
+    let names = sys::xattr::list(dir, name).unwrap_or_default();
     for key in [
         &keys.trusted.opaque,
         &keys.user.opaque,
@@ -142,17 +157,13 @@ pub fn dir_markers(dir: BorrowedFd<'_>, keys: &LowerKeys) -> Result<DirMarkers, 
         if !names.iter().any(|n| n == key) {
             continue;
         }
-        if let Some(v) = sys::xattr::get_opt(dir, None, key)? {
+        if let Some(v) = sys::xattr::get_opt(dir, name, key)? {
             match format::parse_opaque(&v) {
                 OpaqueValue::Opaque => m.opaque = true,
                 OpaqueValue::HasXattrWhiteouts => m.xwhiteouts = true,
                 OpaqueValue::No => {}
             }
         }
-    }
-    if !m.opaque {
-        m.opaque = not_found_as_none(sys::path::stat_at(dir, OsStr::new(format::OPAQUE_MARKER)))?
-            .is_some();
     }
     Ok(m)
 }

@@ -10,7 +10,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags, XattrFlags};
+use rustix::fs::{AtFlags, FileType, Gid, Mode, OFlags, RenameFlags, Stat, Uid, XattrFlags};
 
 use super::Layer;
 use crate::config::XattrNamespace;
@@ -113,6 +113,57 @@ impl Upper {
     /// Marks the directory `name` in `dir` opaque.
     pub fn set_opaque(&self, dir: BorrowedFd<'_>, name: Option<&OsStr>) -> Result<(), Errno> {
         sys::xattr::set(dir, name, &self.keys.opaque, b"y", XattrFlags::empty())
+    }
+
+    /// Makes the upper directory `name` in `dir` (`st`, empty in the merged view but maybe
+    /// holding markers) empty, in one step: like the kernel's `ovl_clear_empty`, an empty
+    /// directory with its owner and mode (opaque when `opaque`: lower layers have the name) is
+    /// staged in the work directory and exchanged with it, and the old one is removed there.
+    /// Removing the markers in place would show what they hide until the last one is gone,
+    /// and for good after a crash or an error half-way.
+    pub fn empty_dir(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: &OsStr,
+        st: &Stat,
+        opaque: bool,
+    ) -> Result<(), Errno> {
+        let list = sys::path::open_dir_beneath(
+            sys::path::open_at(dir, name, OFlags::RDONLY | OFlags::DIRECTORY, 0)?.as_fd(),
+            Path::new(""),
+        )?;
+        if sys::dir::read_all(list)?.is_empty() {
+            return Ok(());
+        }
+        let tmp = self.tmp_name();
+        rustix::fs::mkdirat(&self.work, &tmp, Mode::from_raw_mode(0o700))?;
+        let swapped = rustix::fs::chownat(
+            &self.work,
+            &tmp,
+            Some(Uid::from_raw(st.st_uid)),
+            Some(Gid::from_raw(st.st_gid)),
+            AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .and_then(|()| {
+            let mode = Mode::from_raw_mode(st.st_mode & 0o7777);
+            rustix::fs::chmodat(&self.work, &tmp, mode, AtFlags::empty())
+        })
+        .and_then(|()| match opaque {
+            true => self.set_opaque(self.work.as_fd(), Some(&tmp)),
+            false => Ok(()),
+        })
+        .and_then(|()| {
+            rustix::fs::renameat_with(&self.work, &tmp, dir, name, RenameFlags::EXCHANGE)
+        });
+        // After the exchange the temporary name holds the old directory; out of sight, so a
+        // failure to remove it only leaves what the next mount clears.
+        if let Err(e) = remove_tree(self.work.as_fd(), &tmp) {
+            log::warn!(
+                "cannot remove {} from the work directory: {e}",
+                tmp.to_string_lossy()
+            );
+        }
+        swapped
     }
 
     /// Moves `name` out of `dir` into the work directory and removes it there, leaving a

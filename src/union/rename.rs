@@ -117,13 +117,14 @@ impl Union {
             return Ok(());
         }
 
-        // An upper directory being replaced may still hold whiteouts: clear them first so the
-        // rename onto it succeeds (it is empty in the merged view, checked above).
+        // An upper directory being replaced may still hold whiteouts (it is empty in the
+        // merged view, checked above): swap it for an empty one first so the rename onto it
+        // succeeds, without ever showing what the whiteouts hide.
         let upper_dst = sys::not_found_as_none(sys::path::stat_at(ddir.as_fd(), newname))?;
         if let Some(st) = &upper_dst {
             let dst_kind = FileType::from_raw_mode(st.st_mode);
             if dst_kind == FileType::Directory {
-                clear_dir(ddir.as_fd(), newname)?;
+                up.empty_dir(ddir.as_fd(), newname, st, dst_below)?;
             } else if src.is_dir() && dst_kind == FileType::CharacterDevice {
                 // A directory cannot be renamed onto a whiteout: exchange them instead, which
                 // leaves the whiteout at the old name, where it is kept only if needed.
@@ -163,19 +164,4 @@ impl Union {
             self.nodes.update(src.ino, |n| n.lowers.clear());
         }
     }
-}
-
-/// Removes the markers left inside the upper directory `name` (it is empty in the union).
-fn clear_dir(dir: std::os::fd::BorrowedFd<'_>, name: &OsStr) -> Result<(), Errno> {
-    let fd = sys::path::open_at(
-        dir,
-        name,
-        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY,
-        0,
-    )?;
-    let list = rustix::io::dup(&fd)?;
-    for e in sys::dir::read_all(list)? {
-        crate::layer::upper::remove_tree(fd.as_fd(), &e.name)?;
-    }
-    Ok(())
 }

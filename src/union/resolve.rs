@@ -124,12 +124,21 @@ impl Union {
         layer: usize,
         node: &mut Node,
     ) -> Result<bool, Errno> {
-        let fd = crate::sys::path::open_noatime(
+        let open = crate::sys::path::open_noatime(
             parent.as_fd(),
             name,
             rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY,
-        )?;
-        let m = layer::dir_markers(fd.as_fd(), &self.lower_keys)?;
+        );
+        let m = match open {
+            Ok(fd) => layer::dir_markers(fd.as_fd(), &self.lower_keys)?,
+            // A directory the daemon may not read (without CAP_DAC_*, or over NFS with root
+            // squashed) still has a name, attributes and xattrs, as under the kernel, where
+            // only listing it fails; its `.wh..wh..opq` file cannot be looked for.
+            Err(Errno::ACCESS) => {
+                layer::dir_xattr_markers(parent.as_fd(), Some(name), &self.lower_keys)?
+            }
+            Err(e) => return Err(e),
+        };
         if m.xwhiteouts && layer != 0 {
             node.xwhiteouts.push(layer);
         }

@@ -21,13 +21,13 @@ use rustix::process::{Pid, Signal};
 
 use crate::fixture::{Stack, dump};
 
-const BIN: &str = env!("CARGO_BIN_EXE_unionmount");
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_unionmount");
 
 /// Upper bound for anything that should take well under a second (debug builds, parallel tests).
-const TIMEOUT: Duration = Duration::from_secs(20);
+pub(crate) const TIMEOUT: Duration = Duration::from_secs(20);
 
 /// True if this test can mount; otherwise explains why and returns false (or fails under CI).
-fn can_mount() -> bool {
+pub(crate) fn can_mount() -> bool {
     let missing = if !rustix::process::geteuid().is_root() {
         "not running as root"
     } else if !Path::new("/dev/fuse").exists() {
@@ -44,7 +44,7 @@ fn can_mount() -> bool {
 }
 
 /// Polls `cond` every 10 ms until it holds; panics naming `what` after [`TIMEOUT`].
-fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+pub(crate) fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
     let start = Instant::now();
     while !cond() {
         assert!(
@@ -73,12 +73,12 @@ fn mountinfo_line(mnt: &Path) -> Option<String> {
         .map(str::to_owned)
 }
 
-fn is_mounted(mnt: &Path) -> bool {
+pub(crate) fn is_mounted(mnt: &Path) -> bool {
     mountinfo_line(mnt).is_some()
 }
 
 /// Unmounts `mnt` when dropped, if it is still mounted: `umount`, then a detached unmount.
-struct MountGuard(PathBuf);
+pub(crate) struct MountGuard(pub(crate) PathBuf);
 
 impl Drop for MountGuard {
     fn drop(&mut self) {
@@ -96,8 +96,8 @@ impl Drop for MountGuard {
 }
 
 /// A child process that is killed (and reaped) when dropped, after its mount is unmounted.
-struct Foreground {
-    child: Child,
+pub(crate) struct Foreground {
+    pub(crate) child: Child,
     _mount: MountGuard,
 }
 
@@ -208,14 +208,21 @@ fn default_workdir(upper: &Path) -> PathBuf {
     ))
 }
 
-/// Mounts kernel overlayfs; `None` (after saying why) if it is unavailable outside CI.
-fn kernel_overlay(lowers: &[PathBuf], upper: &Path, work: &Path, mnt: &Path) -> Option<MountGuard> {
+/// Mounts kernel overlayfs (with the fixed [`crate::mounted::KERNEL_OPTIONS`]); `None` (after
+/// saying why) if it is unavailable outside CI.
+pub(crate) fn kernel_overlay(
+    lowers: &[PathBuf],
+    upper: &Path,
+    work: &Path,
+    mnt: &Path,
+) -> Option<MountGuard> {
     let lowerdir: Vec<String> = lowers.iter().map(|l| l.display().to_string()).collect();
     let opts = format!(
-        "lowerdir={},upperdir={},workdir={}",
+        "lowerdir={},upperdir={},workdir={},{}",
         lowerdir.join(":"),
         upper.display(),
-        work.display()
+        work.display(),
+        crate::mounted::KERNEL_OPTIONS
     );
     let guard = MountGuard(mnt.to_path_buf());
     let out = Command::new("mount")
@@ -249,7 +256,7 @@ fn daemon_pid(mnt: &Path) -> Option<u32> {
 }
 
 /// True once `pid` is gone or a zombie (PID 1 here may never reap it).
-fn exited(pid: u32) -> bool {
+pub(crate) fn exited(pid: u32) -> bool {
     match fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(stat) => stat
             .rsplit_once(") ")
@@ -258,7 +265,7 @@ fn exited(pid: u32) -> bool {
     }
 }
 
-fn unmount_command(mnt: &Path) -> Command {
+pub(crate) fn unmount_command(mnt: &Path) -> Command {
     let fusermount = std::env::var_os("PATH")
         .into_iter()
         .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
@@ -276,7 +283,7 @@ fn unmount_command(mnt: &Path) -> Command {
     cmd
 }
 
-fn errno_of(e: &std::io::Error) -> Option<Errno> {
+pub(crate) fn errno_of(e: &std::io::Error) -> Option<Errno> {
     e.raw_os_error().map(Errno::from_raw_os_error)
 }
 
@@ -539,11 +546,17 @@ fn daemon_returns_once_live_and_exits_on_unmount() {
 
 /// Starts `unionmount -f` on the stack and waits for the mount.
 fn foreground(s: &Stack) -> Foreground {
-    let child = Command::new(BIN)
-        .arg("-f")
-        .arg(&s.lowers[0])
-        .arg(&s.upper)
-        .arg(&s.mnt)
+    spawn_foreground(&[&s.lowers[0], &s.upper, &s.mnt], &s.mnt)
+}
+
+/// Starts `unionmount -f ARGS` and waits until `mnt` is mounted.
+pub(crate) fn spawn_foreground(args: &[&dyn AsRef<std::ffi::OsStr>], mnt: &Path) -> Foreground {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("-f");
+    for a in args {
+        cmd.arg(a);
+    }
+    let child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
@@ -551,13 +564,16 @@ fn foreground(s: &Stack) -> Foreground {
         .expect("spawn unionmount -f");
     let mut fg = Foreground {
         child,
-        _mount: MountGuard(s.mnt.clone()),
+        _mount: MountGuard(mnt.to_path_buf()),
     };
     wait_for("the foreground mount", || {
         if let Ok(Some(status)) = fg.child.try_wait() {
-            panic!("unionmount -f exited before mounting: {status}");
+            panic!(
+                "unionmount -f {:?} exited before mounting: {status}",
+                debug_args(args)
+            );
         }
-        is_mounted(&s.mnt)
+        is_mounted(mnt)
     });
     fg
 }

@@ -1,6 +1,8 @@
 //! The one integration-test binary: modules per concern share the fixtures.
 
 mod cli;
+mod crash;
+mod faults;
 mod fixture;
 mod formats;
 mod mount;

@@ -68,11 +68,11 @@ const CHMOD_MODES: [u32; 9] = [
 /// Percent of operations made as uid/gid 65534 (`Op::Nobody`).
 const NOBODY_PCT: usize = 12;
 
-/// splitmix64: tiny, deterministic, and good enough for plans.
-struct Rng(u64);
+/// splitmix64: tiny, deterministic, and good enough for plans (and the crash tests' scripts).
+pub(crate) struct Rng(pub(crate) u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub(crate) fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -80,16 +80,16 @@ impl Rng {
         z ^ (z >> 31)
     }
 
-    fn below(&mut self, n: usize) -> usize {
+    pub(crate) fn below(&mut self, n: usize) -> usize {
         (self.next() % n as u64) as usize
     }
 
     /// True with probability `pct` percent.
-    fn pct(&mut self, pct: usize) -> bool {
+    pub(crate) fn pct(&mut self, pct: usize) -> bool {
         self.below(100) < pct
     }
 
-    fn pick<T: Copy>(&mut self, v: &[T]) -> T {
+    pub(crate) fn pick<T: Copy>(&mut self, v: &[T]) -> T {
         v[self.below(v.len())]
     }
 }

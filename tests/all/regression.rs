@@ -501,3 +501,89 @@ fn fuse_overlayfs_opaque_xattr_is_private() {
         .is_err()
     );
 }
+
+/// unionmount crash test: renaming a directory over a merged directory whose lower entries are
+/// all whited out removed those whiteouts in place before the rename, so a crash (or an error)
+/// in between showed the lower entries again, in a directory that was empty before and after.
+/// Here one marker in the old directory cannot be removed (immutable), the in-place clearing
+/// stopped half-way and the rename failed; the old directory must instead leave in one step.
+#[test]
+fn rename_over_emptied_merged_dir_never_shows_its_lower_entries_again() {
+    let s = Stack::with_upper(
+        &["f d/a a\nf d/b b\nf d/c c"],
+        "w d/a\nw d/b\nw d/c\nf d/.wh.zz\nd n\nf n/kept k",
+    );
+    let stuck = s.upper.join("d/.wh.zz");
+    let chattr = |flag: &str, p: &std::path::Path| {
+        std::process::Command::new("chattr")
+            .args([flag, p.to_str().unwrap()])
+            .status()
+            .is_ok_and(|st| st.success())
+    };
+    if !chattr("+i", &stuck) {
+        eprintln!("skipping: chattr +i is not supported here");
+        return;
+    }
+    let u = s.union();
+    assert_eq!(ls(&u, "d"), Vec::<String>::new());
+    let renamed = mv(&u, "n", "d");
+    let shown = ls(&u, "d");
+    // Wherever the stuck marker ended up (still in the upper, or in the workdir), free it.
+    for p in [stuck.clone()].into_iter().chain(
+        fs::read_dir(s.work.join("work"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.path().join(".wh.zz")),
+    ) {
+        chattr("-i", &p);
+    }
+    assert_eq!(shown, ["kept"], "the lower entries of d came back");
+    assert_eq!(renamed, Ok(()), "rename over the emptied directory failed");
+    assert_eq!(cat(&u, "d/kept"), "k");
+    assert_eq!(err(at(&u, "n")), Errno::NOENT);
+}
+
+/// Runs `f` in a thread whose effective capabilities lack CAP_DAC_OVERRIDE and
+/// CAP_DAC_READ_SEARCH: root that obeys mode bits, like a daemon a lower is unreadable to.
+pub(crate) fn without_dac<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                use rustix::thread::{CapabilitySet, capabilities, set_capabilities};
+                let mut caps = capabilities(None).expect("capget");
+                caps.effective -= CapabilitySet::DAC_OVERRIDE | CapabilitySet::DAC_READ_SEARCH;
+                set_capabilities(None, caps).expect("capset");
+                f()
+            })
+            .join()
+            .expect("the thread without DAC capabilities panicked")
+    })
+}
+
+/// unionmount fault test: looking up a lower directory the daemon may not read (mode 000,
+/// daemon without CAP_DAC_*) failed with EACCES, because its markers were read through an open
+/// of the directory; under the kernel the name resolves and only listing it fails.
+#[test]
+fn lookup_of_a_directory_the_daemon_cannot_read_resolves() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipping: dropping DAC capabilities needs root");
+        return;
+    }
+    let s = Stack::new(&["d shut\nf shut/in i\nm shut 000", "d shut\nf shut/below b"]);
+    let u = s.union();
+    let (mode, listed) = without_dac(|| {
+        assert!(
+            fs::read_dir(s.lowers[0].join("shut")).is_err(),
+            "DAC still overridden"
+        );
+        let shut = at(&u, "shut").expect("lookup of an unreadable directory");
+        let listed = u
+            .opendir(shut.ino)
+            .and_then(|fh| u.readdir(fh, 0).map(|e| e.len()));
+        (shut.st.st_mode & 0o7777, listed)
+    });
+    assert_eq!(mode, 0);
+    assert_eq!(listed.map(|_| ()), Err(Errno::ACCESS), "listing it");
+    // With the capabilities back, it merges with the lower below as before.
+    assert_eq!(ls(&u, "shut"), ["below", "in"]);
+}
