@@ -84,11 +84,12 @@ impl Union {
     pub(crate) fn attr_of(&self, node: &Node) -> Result<Attr, Errno> {
         let st = match (node.path(), node.top_layer()) {
             (Some(path), Some(layer)) => self.stat_in(layer, path)?,
-            // Unlinked but still open: stat through a handle.
-            _ => {
-                let h = self.files.find(|h| h.ino == node.ino).ok_or(Errno::NOENT)?;
-                sys::path::fstat(&*h.fd.read())?
-            }
+            // Unlinked but still open: stat through a handle, or the pin of a removed object
+            // the kernel still holds.
+            _ => match self.files.find(|h| h.ino == node.ino) {
+                Some(h) => sys::path::fstat(&*h.fd.read())?,
+                None => sys::path::fstat(node.pin.as_deref().ok_or(Errno::NOENT)?)?,
+            },
         };
         Ok(self.attr_from(node, st))
     }
