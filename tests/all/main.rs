@@ -10,3 +10,4 @@ mod oracle;
 mod random;
 mod regression;
 mod semantics;
+mod stress;
