@@ -3,6 +3,7 @@
 mod cli;
 mod fixture;
 mod formats;
+mod memory;
 mod mount;
 mod mounted;
 mod ops;
