@@ -136,11 +136,10 @@ impl Union {
                     rustix::fs::chownat(&dir, name, uid, gid, AtFlags::SYMLINK_NOFOLLOW)?;
                 }
                 if let Some(mode) = set.mode {
-                    rustix::fs::chmodat(
-                        &dir,
+                    sys::path::chmod_nofollow(
+                        dir.as_fd(),
                         name,
                         Mode::from_raw_mode(mode & 0o7777),
-                        AtFlags::empty(),
                     )?;
                 }
                 if set.atime.is_some() || set.mtime.is_some() {

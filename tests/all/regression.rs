@@ -513,3 +513,26 @@ fn stress_removed_dir_held_open_stays_usable_after_its_inode_number_is_reused() 
         }
     }
 }
+
+/// Found by security.rs: chmod followed a symlink put into the upper behind the union's back.
+/// The engine changes an object through its path; fchmodat cannot refuse to follow a final
+/// symlink, so a file replaced by a link to `/etc/shadow` (or anything) had that target's mode
+/// changed, by a daemon running as root. The mode is now set through an O_PATH fd of the very
+/// object, and a symlink there is refused.
+#[test]
+fn security_chmod_never_follows_a_symlink_swapped_into_the_upper() {
+    let s = Stack::with_upper(&[""], "f g up");
+    let canary = s.tmp.path().join("canary");
+    fs::write(&canary, "secret").unwrap();
+    fs::set_permissions(&canary, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let u = s.union();
+    let g = ino(&u, "g");
+    fs::remove_file(s.upper.join("g")).unwrap();
+    std::os::unix::fs::symlink(&canary, s.upper.join("g")).unwrap();
+    let chmod = SetAttr {
+        mode: Some(0o666),
+        ..Default::default()
+    };
+    assert_eq!(err(u.setattr(&ctx(), g, &chmod)), Errno::OPNOTSUPP);
+    assert_eq!(fs::metadata(&canary).unwrap().mode() & 0o7777, 0o600);
+}
