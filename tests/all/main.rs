@@ -10,5 +10,6 @@ mod ops;
 mod oracle;
 mod random;
 mod regression;
+mod security;
 mod semantics;
 mod stress;
