@@ -60,14 +60,19 @@ fn open_fds(pid: u32) -> usize {
     fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count()
 }
 
-/// The daemon in the foreground; unmounted (SIGTERM, then a detach) and reaped when dropped.
+/// The daemon in the foreground; unmounted (SIGTERM, then a detach) and reaped when stopped
+/// or dropped. Its stderr is collected, so a panic it logs fails the test.
 struct Daemon {
     child: Child,
     mnt: std::path::PathBuf,
+    stderr: Option<thread::JoinHandle<String>>,
 }
 
-impl Drop for Daemon {
-    fn drop(&mut self) {
+impl Daemon {
+    fn terminate(&mut self) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
         if let Some(pid) = Pid::from_raw(self.child.id() as i32) {
             let _ = rustix::process::kill_process(pid, Signal::TERM);
         }
@@ -82,6 +87,24 @@ impl Drop for Daemon {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+
+    /// Unmounts, waits for the daemon to exit, and returns what it wrote on stderr.
+    fn stop(mut self) -> String {
+        self.terminate();
+        let log = self
+            .stderr
+            .take()
+            .map(|h| h.join().unwrap())
+            .unwrap_or_default();
+        eprint!("{log}");
+        log
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.terminate();
+    }
 }
 
 fn mount_daemon(s: &Stack) -> Daemon {
@@ -94,13 +117,20 @@ fn mount_daemon(s: &Stack) -> Daemon {
         .arg(&s.mnt)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("spawn unionmount -f");
     let mut d = Daemon {
         child,
         mnt: s.mnt.clone(),
+        stderr: None,
     };
+    let mut err = d.child.stderr.take().unwrap();
+    d.stderr = Some(thread::spawn(move || {
+        let mut log = String::new();
+        let _ = std::io::Read::read_to_string(&mut err, &mut log);
+        log
+    }));
     let start = Instant::now();
     while fs::metadata(&s.mnt).map(|m| m.dev()).ok() == Some(parent_dev) {
         if let Ok(Some(status)) = d.child.try_wait() {
@@ -189,6 +219,8 @@ fn daemon_memory_stays_bounded_across_lookups_and_forgets() {
         cycles * per_cycle,
         (cycles * per_cycle) as f64 / elapsed.as_secs_f64()
     );
+    let log = daemon.stop();
+    assert!(!log.contains("panicked"), "the daemon panicked:\n{log}");
     assert!(
         rss_last <= rss_first + RSS_SLACK_KIB,
         "the daemon grew from {rss_first} KiB to {rss_last} KiB over {cycles} cycles"
