@@ -102,9 +102,10 @@ impl NodeTable {
     /// An existing node without paths is a removed object; when it is not pinned and
     /// `is_open(ino)` says nothing holds it open either, the backing inode may be free and
     /// `fresh` a new object that the filesystem gave the same inode number (a pinned one is
-    /// still the same object: a hard link not known before). The kernel may still hold the dead one (a
-    /// removed directory it has not forgotten yet, where creating anything gives ENOENT), so
-    /// the generation changes: the kernel then drops its old inode instead of reusing it.
+    /// still the same object: a hard link not known before). The kernel may still hold the
+    /// dead one (a removed directory it has not forgotten yet, where creating anything gives
+    /// ENOENT), so the generation changes: the kernel then drops its old inode instead of
+    /// reusing it.
     pub fn upsert(&self, fresh: Node, is_open: impl Fn(u64) -> bool) -> Node {
         let mut map = self.map.write();
         let n = map.entry(fresh.ino).or_insert_with(|| Node {
