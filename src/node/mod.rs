@@ -7,13 +7,18 @@
 //!   dropped (the root is never dropped);
 //! - a directory has exactly one path; a non-directory has one per known hard link, and none
 //!   once it was unlinked (it then lives on only through open handles);
-//! - `upper` is true once the object exists in the upper at `paths[0]` (copy-up flips it).
+//! - `upper` is true once the object exists in the upper at `paths[0]` (copy-up flips it);
+//! - a node id names one object while the kernel holds it: an upper object whose last known
+//!   name is removed stays `pin`ned until the kernel forgets it, so the upper filesystem cannot
+//!   give its inode number (hence the node id) to a new object meanwhile.
 
 pub mod handle;
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use parking_lot::RwLock;
 use rustix::fs::FileType;
@@ -37,6 +42,14 @@ pub struct Node {
     /// reused by the upper filesystem for a new object while the kernel may still hold the
     /// old one (see `NodeTable::upsert`).
     pub generation: u64,
+    /// An `O_PATH` fd to the upper object once its last known name was removed while the
+    /// kernel still holds the node: like the kernel's overlay inode holding its upper inode,
+    /// it keeps the inode number from being reused until the kernel forgets the node. Without
+    /// it, a new object got the removed one's node id, the kernel marked the inode it still
+    /// held bad, and everything done through it (fstat of an open removed directory, an
+    /// operation racing with the removal) failed with EIO. Also lets the removed object be
+    /// stat'ed.
+    pub pin: Option<Arc<OwnedFd>>,
 }
 
 impl Node {
@@ -86,18 +99,20 @@ impl NodeTable {
     /// Inserts or refreshes the node for `fresh` (same ino) and counts one kernel reference.
     /// An existing node keeps its lookup count and gains `fresh`'s path.
     ///
-    /// An existing node without paths is a removed object; when `is_open(ino)` says nothing
-    /// holds it open either, the backing inode is free and `fresh` is a new object that the
-    /// filesystem gave the same inode number. The kernel may still hold the dead one (a
-    /// removed directory it has not forgotten yet, where creating anything gives ENOENT), so
-    /// the generation changes: the kernel then drops its old inode instead of reusing it.
+    /// An existing node without paths is a removed object; when it is not pinned and
+    /// `is_open(ino)` says nothing holds it open either, the backing inode may be free and
+    /// `fresh` a new object that the filesystem gave the same inode number (a pinned one is
+    /// still the same object: a hard link not known before). The kernel may still hold the
+    /// dead one (a removed directory it has not forgotten yet, where creating anything gives
+    /// ENOENT), so the generation changes: the kernel then drops its old inode instead of
+    /// reusing it.
     pub fn upsert(&self, fresh: Node, is_open: impl Fn(u64) -> bool) -> Node {
         let mut map = self.map.write();
         let n = map.entry(fresh.ino).or_insert_with(|| Node {
             lookups: 0,
             ..fresh.clone()
         });
-        if n.paths.is_empty() && (n.is_dir() || !is_open(n.ino)) {
+        if n.paths.is_empty() && n.pin.is_none() && (n.is_dir() || !is_open(n.ino)) {
             n.generation += 1;
             n.paths.clear();
         }
@@ -136,10 +151,15 @@ impl NodeTable {
         }
     }
 
-    /// Forgets the path `path` of node `ino` (the name was unlinked or replaced).
-    pub fn unlink_path(&self, ino: u64, path: &Path) {
+    /// Forgets the path `path` of node `ino` (the name was unlinked or replaced); `pin`, an
+    /// fd to the removed upper object opened before the removal, is kept if that was the
+    /// node's last path (see `Node::pin`).
+    pub fn unlink_path(&self, ino: u64, path: &Path, pin: Option<OwnedFd>) {
         if let Some(n) = self.map.write().get_mut(&ino) {
             n.paths.retain(|p| p != path);
+            if n.paths.is_empty() && pin.is_some() {
+                n.pin = pin.map(Arc::new);
+            }
         }
     }
 
@@ -199,6 +219,7 @@ mod tests {
             xwhiteouts: Vec::new(),
             lookups: 0,
             generation: 0,
+            pin: None,
         }
     }
 
@@ -217,7 +238,7 @@ mod tests {
                 .generation,
             0
         );
-        t.unlink_path(7, Path::new("a"));
+        t.unlink_path(7, Path::new("a"), None);
         let again = t.upsert(node(7, FileType::Directory, "b"), closed);
         assert_eq!(again.generation, 1);
         assert_eq!(
@@ -231,18 +252,32 @@ mod tests {
     fn an_unlinked_open_file_is_still_the_same_object() {
         let t = NodeTable::default();
         t.upsert(node(9, FileType::RegularFile, "f"), |_| true);
-        t.unlink_path(9, Path::new("f"));
+        t.unlink_path(9, Path::new("f"), None);
         // Held open, so its inode number cannot have been reused: another name of it.
         assert_eq!(
             t.upsert(node(9, FileType::RegularFile, "g"), |_| true)
                 .generation,
             0
         );
-        t.unlink_path(9, Path::new("g"));
+        t.unlink_path(9, Path::new("g"), None);
         assert_eq!(
             t.upsert(node(9, FileType::RegularFile, "h"), |_| false)
                 .generation,
             1
         );
+    }
+
+    #[test]
+    fn a_pinned_removed_object_found_again_is_the_same_object() {
+        let t = NodeTable::default();
+        t.upsert(node(5, FileType::RegularFile, "f"), |_| false);
+        let pin = rustix::fs::open(".", rustix::fs::OFlags::PATH, rustix::fs::Mode::empty());
+        t.unlink_path(5, Path::new("f"), Some(pin.unwrap()));
+        assert!(t.get(5).unwrap().pin.is_some());
+        // Pinned, its number cannot have been reused: another name of it, same generation.
+        let again = t.upsert(node(5, FileType::RegularFile, "g"), |_| false);
+        assert_eq!(again.generation, 0);
+        t.forget(5, 2);
+        assert!(t.get(5).is_none(), "the pin goes with the node");
     }
 }

@@ -108,3 +108,20 @@ fn retry_eagain<T>(mut f: impl FnMut() -> Result<T, Errno>) -> Result<T, Errno> 
     }
     f()
 }
+
+/// chmod of `name` in `dir` without following it if it is a symlink (one put there behind the
+/// union's back could point anywhere). fchmodat cannot refuse to follow, so the object is
+/// opened with O_PATH, checked, and changed through its `/proc/self/fd` magic link, which
+/// names exactly that inode (what glibc's lchmod does).
+///
+/// Errors: EOPNOTSUPP for a symlink (Linux cannot change a symlink's mode), what opening gives.
+pub fn chmod_nofollow(dir: BorrowedFd<'_>, name: &OsStr, mode: Mode) -> Result<(), Errno> {
+    use std::os::fd::AsRawFd;
+    let fd = open_at(dir, name, OFlags::PATH, 0)?;
+    if rustix::fs::FileType::from_raw_mode(fstat(fd.as_fd())?.st_mode)
+        == rustix::fs::FileType::Symlink
+    {
+        return Err(Errno::OPNOTSUPP);
+    }
+    rustix::fs::chmod(format!("/proc/self/fd/{}", fd.as_raw_fd()), mode)
+}

@@ -84,11 +84,12 @@ impl Union {
     pub(crate) fn attr_of(&self, node: &Node) -> Result<Attr, Errno> {
         let st = match (node.path(), node.top_layer()) {
             (Some(path), Some(layer)) => self.stat_in(layer, path)?,
-            // Unlinked but still open: stat through a handle.
-            _ => {
-                let h = self.files.find(|h| h.ino == node.ino).ok_or(Errno::NOENT)?;
-                sys::path::fstat(&*h.fd.read())?
-            }
+            // Unlinked but still open: stat through a handle, or the pin of a removed object
+            // the kernel still holds.
+            _ => match self.files.find(|h| h.ino == node.ino) {
+                Some(h) => sys::path::fstat(&*h.fd.read())?,
+                None => sys::path::fstat(node.pin.as_deref().ok_or(Errno::NOENT)?)?,
+            },
         };
         Ok(self.attr_from(node, st))
     }
@@ -135,11 +136,10 @@ impl Union {
                     rustix::fs::chownat(&dir, name, uid, gid, AtFlags::SYMLINK_NOFOLLOW)?;
                 }
                 if let Some(mode) = set.mode {
-                    rustix::fs::chmodat(
-                        &dir,
+                    sys::path::chmod_nofollow(
+                        dir.as_fd(),
                         name,
                         Mode::from_raw_mode(mode & 0o7777),
-                        AtFlags::empty(),
                     )?;
                 }
                 if set.atime.is_some() || set.mtime.is_some() {

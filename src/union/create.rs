@@ -261,7 +261,9 @@ fn own(
         AtFlags::SYMLINK_NOFOLLOW,
     )?;
     if !matches!(spec, NewObject::Symlink(_)) {
-        rustix::fs::chmodat(dir, name, Mode::from_raw_mode(perm), AtFlags::empty())?;
+        // Made in an upper directory, where it could be replaced behind our back: never
+        // follow what is there now.
+        sys::path::chmod_nofollow(dir, name, Mode::from_raw_mode(perm))?;
     }
     Ok(())
 }

@@ -202,6 +202,7 @@ impl Union {
             xwhiteouts: Vec::new(),
             lookups: 0,
             generation: 0,
+            pin: None,
         };
         // Like the kernel, an opaque marker on a layer root is ignored: the root always merges
         // every lower.

@@ -7,11 +7,13 @@
 //! of sight.
 
 use std::ffi::OsStr;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+use rustix::fs::OFlags;
 
 use super::{Ctx, Union};
-use crate::node::child_path;
-use crate::sys::Errno;
+use crate::node::{Node, child_path};
+use crate::sys::{self, Errno};
 
 impl Union {
     /// unlink(2).
@@ -44,13 +46,29 @@ impl Union {
         let whiteout = !victim.lowers.is_empty() || self.lower_has(&pnode, name)?;
         let pnode = self.copy_up_locked(&pnode, true)?;
         let dir = self.layers[0].open_dir(pnode.path().ok_or(Errno::NOENT)?)?;
+        let pin = self.pin_removed(dir.as_fd(), name, &victim);
         if victim.upper {
             up.remove(dir.as_fd(), name, want_dir, whiteout)?;
         } else {
             up.make_whiteout(dir.as_fd(), name)?;
         }
         let path = child_path(pnode.path().ok_or(Errno::NOENT)?, name);
-        self.nodes.unlink_path(victim.ino, &path);
+        self.nodes.unlink_path(victim.ino, &path, pin);
         Ok(())
+    }
+
+    /// An `O_PATH` fd to the upper object `name` in `dir`, about to be removed, when the
+    /// kernel holds its node by no other name (see `Node::pin`).
+    pub(crate) fn pin_removed(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: &OsStr,
+        victim: &Node,
+    ) -> Option<OwnedFd> {
+        let held = self.nodes.get(victim.ino)?;
+        if !victim.upper || held.paths.len() > 1 {
+            return None;
+        }
+        sys::path::open_at(dir, name, OFlags::PATH, 0).ok()
     }
 }

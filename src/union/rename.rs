@@ -117,6 +117,9 @@ impl Union {
             return Ok(());
         }
 
+        let dst_pin = dst
+            .as_ref()
+            .and_then(|d| self.pin_removed(ddir.as_fd(), newname, d));
         // An upper directory being replaced may still hold whiteouts (it is empty in the
         // merged view, checked above): swap it for an empty one first so the rename onto it
         // succeeds, without ever showing what the whiteouts hide.
@@ -132,7 +135,7 @@ impl Union {
                 if !src_below {
                     rustix::fs::unlinkat(&sdir, name, rustix::fs::AtFlags::empty())?;
                 }
-                self.finish_move(&src, dst.as_ref(), &src_path, &new_path);
+                self.finish_move(&src, dst.as_ref(), &src_path, &new_path, dst_pin);
                 return Ok(());
             }
         }
@@ -148,14 +151,22 @@ impl Union {
             }
             r => r?,
         }
-        self.finish_move(&src, dst.as_ref(), &src_path, &new_path);
+        self.finish_move(&src, dst.as_ref(), &src_path, &new_path, dst_pin);
         Ok(())
     }
 
-    /// Updates the node table after `src` moved from `from` to `to`, replacing `dst`.
-    fn finish_move(&self, src: &Node, dst: Option<&Node>, from: &Path, to: &Path) {
+    /// Updates the node table after `src` moved from `from` to `to`, replacing `dst` (pinned
+    /// by `dst_pin`, see `Node::pin`).
+    fn finish_move(
+        &self,
+        src: &Node,
+        dst: Option<&Node>,
+        from: &Path,
+        to: &Path,
+        dst_pin: Option<std::os::fd::OwnedFd>,
+    ) {
         if let Some(d) = dst {
-            self.nodes.unlink_path(d.ino, to);
+            self.nodes.unlink_path(d.ino, to, dst_pin);
         }
         self.nodes
             .rename_paths(&[(from, to)], &[src.ino], src.is_dir());

@@ -88,6 +88,7 @@ impl Union {
                         xwhiteouts: Vec::new(),
                         lookups: 0,
                         generation: 0,
+                        pin: None,
                     };
                     node.ino = self.inos.of((st.st_dev, st.st_ino));
                     if !node.upper {

@@ -587,3 +587,74 @@ fn lookup_of_a_directory_the_daemon_cannot_read_resolves() {
     // With the capabilities back, it merges with the lower below as before.
     assert_eq!(ls(&u, "shut"), ["below", "in"]);
 }
+
+/// Found by the concurrency stress (stress.rs): EIO from operations on a removed object.
+/// The upper filesystem gave a removed directory's inode number to the next new object while
+/// the kernel still held the removed one (open here, or mid-operation in another thread);
+/// the new object's node id then came with a new generation, the kernel marked its old inode
+/// bad, and everything done through the old one failed with EIO. On kernel overlayfs a held
+/// removed directory can still be stat'ed and creating in it gives ENOENT; so here.
+#[test]
+fn stress_removed_dir_held_open_stays_usable_after_its_inode_number_is_reused() {
+    use std::os::fd::AsFd;
+    if !crate::mounted::fuse_available() {
+        return;
+    }
+    let m = crate::mounted::UnionMount::new(&["d base"]);
+    for i in 0..20 {
+        let old = m.path(&format!("base/old{i}"));
+        fs::create_dir(&old).unwrap();
+        let held = fs::File::open(&old).unwrap();
+        let old_ino = fs::metadata(&old).unwrap().ino();
+        fs::remove_dir(&old).unwrap();
+        // Several new objects, so one would take the freed number if it were free.
+        for k in 0..4 {
+            let new = m.path(&format!("base/new{i}-{k}"));
+            fs::create_dir(&new).unwrap();
+            assert_ne!(
+                fs::metadata(&new).unwrap().ino(),
+                old_ino,
+                "two live objects share st_ino"
+            );
+        }
+        let st = rustix::fs::fstat(held.as_fd()).expect("fstat of the held removed directory");
+        assert_eq!(st.st_ino, old_ino);
+        let created = rustix::fs::openat(
+            held.as_fd(),
+            "f",
+            OFlags::CREATE | OFlags::WRONLY,
+            rustix::fs::Mode::from_raw_mode(0o644),
+        );
+        assert_eq!(
+            created.err(),
+            Some(Errno::NOENT),
+            "creating in a removed directory"
+        );
+        for k in 0..4 {
+            fs::remove_dir(m.path(&format!("base/new{i}-{k}"))).unwrap();
+        }
+    }
+}
+
+/// Found by security.rs: chmod followed a symlink put into the upper behind the union's back.
+/// The engine changes an object through its path; fchmodat cannot refuse to follow a final
+/// symlink, so a file replaced by a link to `/etc/shadow` (or anything) had that target's mode
+/// changed, by a daemon running as root. The mode is now set through an O_PATH fd of the very
+/// object, and a symlink there is refused.
+#[test]
+fn security_chmod_never_follows_a_symlink_swapped_into_the_upper() {
+    let s = Stack::with_upper(&[""], "f g up");
+    let canary = s.tmp.path().join("canary");
+    fs::write(&canary, "secret").unwrap();
+    fs::set_permissions(&canary, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let u = s.union();
+    let g = ino(&u, "g");
+    fs::remove_file(s.upper.join("g")).unwrap();
+    std::os::unix::fs::symlink(&canary, s.upper.join("g")).unwrap();
+    let chmod = SetAttr {
+        mode: Some(0o666),
+        ..Default::default()
+    };
+    assert_eq!(err(u.setattr(&ctx(), g, &chmod)), Errno::OPNOTSUPP);
+    assert_eq!(fs::metadata(&canary).unwrap().mode() & 0o7777, 0o600);
+}
