@@ -16,11 +16,14 @@
 //! expected failures belong to it. pjdfstest switches to the users `nobody` and `tests`, which
 //! must exist (`.ci/run` creates them). When pjdfstest or a user is missing, the test prints why
 //! and how to fix it and skips; under `CI` that is a failure. It does not install pjdfstest
-//! itself: that compiles for minutes and needs libacl1-dev, which a test run should not do
+//! itself: that compiles for minutes (2m40s here), which a test run should not do
 //! behind the user's back.
 //!
-//! Cost: one run of the full suite takes a few seconds on either filesystem, so every test of
-//! the suite runs by default and there is no longer mode.
+//! Cost: one run of the full suite takes a few seconds on either filesystem (unionmount's debug
+//! build: 3-6 s), so every test of the suite runs by default.
+//!
+//! `UNIONMOUNT_PJDFSTEST_FULL=1` also runs every place on unionmount mounted with `-o timeout=0`,
+//! so that no answer comes from the kernel's entry and attribute caches (20-60 s a run here).
 //!
 //! pjdfstest 0.2.2 has no machine-readable output. It prints one line per test, `NAME  STATUS`
 //! (ok, FAILED, skipped), indented (or free-form, for multi-line panic messages) details, and a
@@ -83,20 +86,35 @@ fn compare_with_kernel(place: &str, lowers: &[&str], upper: &str, dir: &str) {
         return;
     };
     let kernel = run_on(Fs::Kernel, &pjdfstest, lowers, upper, dir);
-    let union = run_on(Fs::Union, &pjdfstest, lowers, upper, dir);
-    println!("pjdfstest {PJDFSTEST_VERSION}, {place}:");
-    println!("  unionmount:       {union}");
-    println!("  kernel overlayfs: {kernel}");
-    for (name, status) in &union.results {
-        if *status == Status::Pass && kernel.results[name] != Status::Pass {
-            println!(
-                "  passes on unionmount only: {name} ({:?} on kernel overlayfs: {})",
-                kernel.results[name],
-                kernel.detail(name)
-            );
-        }
+    // One print at the end: the places run in parallel.
+    let mut report = format!("pjdfstest {PJDFSTEST_VERSION}, {place}:\n");
+    report += &format!("  {:25} {kernel}\n", "kernel overlayfs:");
+    let mut options = vec![""];
+    if std::env::var_os("UNIONMOUNT_PJDFSTEST_FULL").is_some() {
+        options.push("timeout=0");
     }
-    let problems = violations(&union, &kernel, &expected_failures());
+    let expected = expected_failures();
+    let mut problems = Vec::new();
+    for opts in options {
+        let union = run_on(Fs::Union(opts), &pjdfstest, lowers, upper, dir);
+        let label = match opts {
+            "" => "unionmount".to_string(),
+            o => format!("unionmount -o {o}"),
+        };
+        report += &format!("  {:25} {union}\n", format!("{label}:"));
+        for (name, status) in &union.results {
+            if *status == Status::Pass && kernel.results[name] != Status::Pass {
+                report += &format!(
+                    "  passes on {label} only: {name} ({:?} on kernel overlayfs: {})\n",
+                    kernel.results[name],
+                    kernel.detail(name)
+                );
+            }
+        }
+        let found = violations(&union, &kernel, &expected);
+        problems.extend(found.into_iter().map(|p| format!("{label}: {p}")));
+    }
+    print!("{report}");
     assert!(
         problems.is_empty(),
         "pjdfstest, {place}: {} problem(s):\n{}",
@@ -293,7 +311,8 @@ fn strip_ansi(s: &str) -> String {
 
 #[derive(Clone, Copy)]
 enum Fs {
-    Union,
+    /// unionmount, with these `-o` options (none when empty).
+    Union(&'static str),
     Kernel,
 }
 
@@ -310,8 +329,8 @@ fn run_on(fs_kind: Fs, pjdfstest: &Path, lowers: &[&str], upper: &str, dir: &str
         assert_eq!(before, stack.lowers_dump(), "pjdfstest modified a lower");
     };
     match fs_kind {
-        Fs::Union => {
-            let mut m = CliMount::mount(stack);
+        Fs::Union(opts) => {
+            let mut m = CliMount::mount(stack, opts);
             let run = suite(&m.stack);
             m.unmount();
             untouched(&m.stack);
@@ -410,13 +429,17 @@ struct CliMount {
 }
 
 impl CliMount {
-    fn mount(stack: Stack) -> CliMount {
+    fn mount(stack: Stack, opts: &str) -> CliMount {
         let lowers: Vec<String> = stack
             .lowers
             .iter()
             .map(|p| p.to_str().unwrap().replace(':', "\\:"))
             .collect();
-        let out = Command::new(BIN)
+        let mut cmd = Command::new(BIN);
+        if !opts.is_empty() {
+            cmd.args(["-o", opts]);
+        }
+        let out = cmd
             .arg("--workdir")
             .arg(&stack.work)
             .arg(lowers.join(":"))
@@ -508,7 +531,7 @@ fn find_pjdfstest() -> Option<PathBuf> {
         (None, _) => format!(
             "pjdfstest {PJDFSTEST_VERSION} not found in target/tools/bin, PATH or ~/.cargo/bin \
              (other versions: {seen:?}); install it with `cargo install pjdfstest --version \
-             {PJDFSTEST_VERSION} --locked --root target/tools` (needs libacl1-dev), as .ci/run does"
+             {PJDFSTEST_VERSION} --locked --root target/tools`, as .ci/run does"
         ),
         (Some(_), false) => format!(
             "pjdfstest needs the users {missing_users:?}: create them (`useradd --system \
