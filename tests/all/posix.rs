@@ -8,7 +8,8 @@
 //! Invariants, for each place: every test kernel overlayfs passes, unionmount passes; every test
 //! that fails on unionmount is listed with its reason in `tests/pjdfstest/expected-failures.txt`,
 //! and every listed test still fails on unionmount (so the list stays honest); the lowers are never
-//! modified. The pass/fail/skip counts of both filesystems are printed. The configuration is
+//! modified; unionmount leaves the same upper behind as kernel overlayfs (but for the xattrs only
+//! the kernel writes) and nothing staged in its workdir. The pass/fail/skip counts of both filesystems are printed. The configuration is
 //! `tests/pjdfstest/unionmount.toml`.
 //!
 //! Finding pjdfstest: `target/tools/bin` (where `.ci/run` installs it), then `PATH`, then
@@ -37,8 +38,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::fixture::{Stack, test_root};
+use crate::fixture::{Stack, dump, test_root};
 use crate::mounted::{KernelMount, detach, fuse_available, overlay_available};
+use crate::oracle::strip_kernel_xattrs;
 
 const BIN: &str = env!("CARGO_BIN_EXE_unionmount");
 const PJDFSTEST_VERSION: &str = "0.2.2";
@@ -85,7 +87,7 @@ fn compare_with_kernel(place: &str, lowers: &[&str], upper: &str, dir: &str) {
     let Some(pjdfstest) = find_pjdfstest() else {
         return;
     };
-    let kernel = run_on(Fs::Kernel, &pjdfstest, lowers, upper, dir);
+    let (kernel, kernel_upper) = run_on(Fs::Kernel, &pjdfstest, lowers, upper, dir);
     // One print at the end: the places run in parallel.
     let mut report = format!("pjdfstest {PJDFSTEST_VERSION}, {place}:\n");
     report += &format!("  {:25} {kernel}\n", "kernel overlayfs:");
@@ -96,7 +98,7 @@ fn compare_with_kernel(place: &str, lowers: &[&str], upper: &str, dir: &str) {
     let expected = expected_failures();
     let mut problems = Vec::new();
     for opts in options {
-        let union = run_on(Fs::Union(opts), &pjdfstest, lowers, upper, dir);
+        let (union, union_upper) = run_on(Fs::Union(opts), &pjdfstest, lowers, upper, dir);
         let label = match opts {
             "" => "unionmount".to_string(),
             o => format!("unionmount -o {o}"),
@@ -111,7 +113,12 @@ fn compare_with_kernel(place: &str, lowers: &[&str], upper: &str, dir: &str) {
                 );
             }
         }
-        let found = violations(&union, &kernel, &expected);
+        let mut found = violations(&union, &kernel, &expected);
+        if union_upper != kernel_upper {
+            found.push(format!(
+                "the uppers left behind differ:\nunionmount:\n{union_upper}\nkernel overlayfs:\n{kernel_upper}"
+            ));
+        }
         problems.extend(found.into_iter().map(|p| format!("{label}: {p}")));
     }
     print!("{report}");
@@ -316,9 +323,10 @@ enum Fs {
     Kernel,
 }
 
-/// Builds a fresh stack, mounts it with `fs`, runs the suite in `dir` of the mount, unmounts,
-/// and checks the lowers were not modified.
-fn run_on(fs_kind: Fs, pjdfstest: &Path, lowers: &[&str], upper: &str, dir: &str) -> Run {
+/// Builds a fresh stack, mounts it with `fs`, runs the suite in `dir` of the mount and unmounts.
+/// Checks the lowers were not modified, and returns the run with a dump of the upper left
+/// behind (kernel overlayfs's without the xattrs only it writes, see `oracle`).
+fn run_on(fs_kind: Fs, pjdfstest: &Path, lowers: &[&str], upper: &str, dir: &str) -> (Run, String) {
     let stack = Stack::with_upper(lowers, upper);
     let before = stack.lowers_dump();
     open_to_others(&stack);
@@ -334,14 +342,17 @@ fn run_on(fs_kind: Fs, pjdfstest: &Path, lowers: &[&str], upper: &str, dir: &str
             let run = suite(&m.stack);
             m.unmount();
             untouched(&m.stack);
-            run
+            // Every copy-up and whiteout staged in the workdir was renamed into place.
+            assert_eq!(dump(&m.stack.work.join("work")), "", "staging leftovers");
+            (run, dump(&m.stack.upper))
         }
         Fs::Kernel => {
             let mut k = KernelMount::mount(stack);
             let run = suite(&k.stack);
             k.unmount();
             untouched(&k.stack);
-            run
+            strip_kernel_xattrs(&k.stack.upper);
+            (run, dump(&k.stack.upper))
         }
     }
 }
