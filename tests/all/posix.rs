@@ -278,11 +278,14 @@ fn run_suite(pjdfstest: &Path, dir: &Path, secondary: &Path) -> Run {
             break status;
         }
         if start.elapsed() > SUITE_TIMEOUT {
+            // Not waited for: a process stuck in a FUSE request dies only once it is answered.
             let _ = child.kill();
-            let _ = child.wait();
+            let out = fs::read_to_string(&out_path).unwrap_or_default();
+            let lines: Vec<&str> = out.lines().collect();
             panic!(
-                "pjdfstest in {} did not finish in {SUITE_TIMEOUT:?}",
-                dir.display()
+                "pjdfstest in {} did not finish in {SUITE_TIMEOUT:?} (a deadlock?); it hung after:\n{}",
+                dir.display(),
+                lines[lines.len().saturating_sub(5)..].join("\n")
             );
         }
         std::thread::sleep(Duration::from_millis(50));
