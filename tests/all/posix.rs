@@ -21,10 +21,10 @@
 //! behind the user's back.
 //!
 //! Cost: one run of the full suite takes a few seconds on either filesystem (unionmount's debug
-//! build: 3-6 s), so every test of the suite runs by default.
+//! build: 3-13 s with load), so every test of the suite runs by default.
 //!
 //! `UNIONMOUNT_PJDFSTEST_FULL=1` also runs every place on unionmount mounted with `-o timeout=0`,
-//! so that no answer comes from the kernel's entry and attribute caches (20-60 s a run here).
+//! so that no answer comes from the kernel's entry and attribute caches (7-60 s a run here).
 //!
 //! pjdfstest has no machine-readable output: `output` parses its text strictly.
 
