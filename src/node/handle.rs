@@ -22,6 +22,8 @@ pub struct FileHandle {
     pub on_upper: AtomicBool,
     /// The open flags, to reopen with after a copy-up.
     pub flags: OFlags,
+    /// Opened by execve: while it lives the kernel denies writes to the file (ETXTBSY).
+    pub exec: bool,
 }
 
 /// One entry of a merged directory listing.

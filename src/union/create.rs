@@ -87,7 +87,7 @@ impl Union {
         let (attr, fd) =
             self.create_object(ctx, parent, name, mode | 0o100000, NewObject::File(flags))?;
         let fd = fd.ok_or(Errno::IO)?;
-        Ok((attr, self.new_file_handle(attr.ino, fd, flags, true)))
+        Ok((attr, self.new_file_handle(attr.ino, fd, flags, true, false)))
     }
 
     /// link(2): a new name `newname` in `newparent` for `ino`, copying it up first.

@@ -29,6 +29,9 @@ pub(crate) fn open_flags(flags: OFlags) -> OFlags {
             | OFlags::TRUNC)
 }
 
+/// `__FMODE_EXEC`: the kernel's mark on the open of a file being executed.
+const FMODE_EXEC: u32 = 0o40;
+
 fn wants_write(flags: OFlags) -> bool {
     flags.intersects(OFlags::WRONLY | OFlags::RDWR) || flags.contains(OFlags::TRUNC)
 }
@@ -36,14 +39,21 @@ fn wants_write(flags: OFlags) -> bool {
 impl Union {
     /// Opens `ino` with `flags`.
     ///
-    /// Errors: EROFS (write access to a read-only union), EISDIR, ENOENT, and what the layer
-    /// gives (EACCES, ETXTBSY).
+    /// Errors: EROFS (write access to a read-only union), EISDIR, ENOENT, ETXTBSY (O_TRUNC
+    /// while the file is being executed), and what the layer gives (EACCES).
     pub fn open(&self, _ctx: &Ctx, ino: u64, flags: OFlags) -> Result<u64, Errno> {
         let node = self.node(ino)?;
         if node.is_dir() && wants_write(flags) {
             return Err(Errno::ISDIR);
         }
+        let exec = flags.bits() & FMODE_EXEC != 0;
         let flags = open_flags(flags);
+        // The kernel refuses write opens of a running executable before asking the filesystem,
+        // but with atomic O_TRUNC an O_RDONLY|O_TRUNC open reaches us first: truncating here
+        // would cut the running binary (or a copy-up would empty it) before its ETXTBSY.
+        if flags.contains(OFlags::TRUNC) && self.files.find(|h| h.ino == ino && h.exec).is_some() {
+            return Err(Errno::TXTBSY);
+        }
         let node = if wants_write(flags) {
             self.copy_up(&node, !flags.contains(OFlags::TRUNC))?
         } else {
@@ -60,7 +70,7 @@ impl Union {
         } else {
             sys::path::open_noatime(dir.as_fd(), name, flags)?
         };
-        Ok(self.new_file_handle(ino, fd, flags, node.upper))
+        Ok(self.new_file_handle(ino, fd, flags, node.upper, exec))
     }
 
     pub(crate) fn new_file_handle(
@@ -69,12 +79,14 @@ impl Union {
         fd: OwnedFd,
         flags: OFlags,
         on_upper: bool,
+        exec: bool,
     ) -> u64 {
         self.files.insert(FileHandle {
             ino,
             fd: parking_lot::RwLock::new(fd),
             on_upper: on_upper.into(),
             flags,
+            exec,
         })
     }
 

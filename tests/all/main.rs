@@ -10,6 +10,7 @@ mod mount;
 mod mounted;
 mod ops;
 mod oracle;
+mod posix;
 mod random;
 mod regression;
 mod script;

@@ -114,7 +114,7 @@ fn linked_copy_up(upper: &Path, m: &str) -> bool {
 }
 
 /// Removes the `KERNEL_ONLY_XATTRS` from every object under `root` (the kernel's upper).
-fn strip_kernel_xattrs(root: &Path) {
+pub(crate) fn strip_kernel_xattrs(root: &Path) {
     for e in fs::read_dir(root).unwrap() {
         let p = e.unwrap().path();
         for k in KERNEL_ONLY_XATTRS {
