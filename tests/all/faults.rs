@@ -377,7 +377,7 @@ fn non_root_caller_gets_eacces_for_a_root_only_lower_file() {
 #[test]
 fn copy_up_the_daemon_cannot_read_gives_eacces_and_leaves_nothing() {
     if !rustix::process::geteuid().is_root() {
-        eprintln!("skipping: dropping DAC capabilities needs root");
+        crate::mounted::skip("dropping DAC capabilities needs root");
         return;
     }
     let s = Stack::new(&["f locked secret\nm locked 000\nd shut\nf shut/in i\nm shut 000"]);

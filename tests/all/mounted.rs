@@ -41,6 +41,16 @@ pub fn fuse_available() -> bool {
     false
 }
 
+/// Says why a test cannot run here and lets it return early; with `CI` set, panics instead:
+/// in CI a missing facility is a failure, never a skip.
+pub fn skip(why: &str) {
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "cannot run: {why} (CI is set, so this is a failure, not a skip)"
+    );
+    eprintln!("skipping: {why}");
+}
+
 /// True when kernel overlayfs can be mounted here (in addition to `fuse_available`); same
 /// policy: prints and returns false, or panics when `CI` is set.
 pub fn overlay_available() -> bool {

@@ -521,7 +521,7 @@ fn rename_over_emptied_merged_dir_never_shows_its_lower_entries_again() {
             .is_ok_and(|st| st.success())
     };
     if !chattr("+i", &stuck) {
-        eprintln!("skipping: chattr +i is not supported here");
+        crate::mounted::skip("chattr +i is not supported here");
         return;
     }
     let u = s.union();
@@ -566,7 +566,7 @@ pub(crate) fn without_dac<R: Send>(f: impl FnOnce() -> R + Send) -> R {
 #[test]
 fn lookup_of_a_directory_the_daemon_cannot_read_resolves() {
     if !rustix::process::geteuid().is_root() {
-        eprintln!("skipping: dropping DAC capabilities needs root");
+        crate::mounted::skip("dropping DAC capabilities needs root");
         return;
     }
     let s = Stack::new(&["d shut\nf shut/in i\nm shut 000", "d shut\nf shut/below b"]);
