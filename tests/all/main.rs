@@ -3,6 +3,7 @@
 mod cli;
 mod fixture;
 mod formats;
+mod model;
 mod mount;
 mod mounted;
 mod ops;
