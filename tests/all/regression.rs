@@ -465,3 +465,14 @@ fn fuse_backend_rs_errors_are_not_turned_into_enoent() {
     assert_eq!(ls(&u, "locked"), ["in"]);
     assert_eq!(cat(&u, "locked/in"), "i");
 }
+
+/// Fuzzing (`options`): `unescape_octal` computed `\ooo` in a byte, so an escape above `\377`
+/// (`\777`) overflowed: a panic in debug builds, a wrong byte in release ones. The kernel
+/// never writes such an escape; it is kept as text.
+#[test]
+fn unescape_octal_escape_above_377_is_kept_as_text() {
+    use unionmount::setup::unescape_octal;
+    assert_eq!(unescape_octal(r"\777"), br"\777");
+    assert_eq!(unescape_octal(r"a\4000"), br"a\4000");
+    assert_eq!(unescape_octal(r"\377\040"), b"\xff ");
+}
