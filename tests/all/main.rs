@@ -3,6 +3,7 @@
 mod cli;
 mod fixture;
 mod formats;
+mod fuzz_corpus;
 mod model;
 mod mount;
 mod mounted;
