@@ -9,8 +9,9 @@
 //! Checked after every operation: the answer (errno or listing), the full merged view walked
 //! with readdir/lookup/getattr/read/readlink/listxattr (user.* only), d_ino == st_ino, one
 //! st_ino per identity and none shared between identities, and each identity's st_ino stable.
-//! At the end: lowers byte-for-byte unchanged, nothing created beside the layers, and the
-//! workdir's `work/` empty but for the shared whiteout the engine keeps there.
+//! Also after every operation: lowers byte-for-byte unchanged, nothing created beside the
+//! layers, and the workdir's `work/` empty but for the shared whiteout the engine keeps there.
+//! At the end a second union over the same directories (a remount) must show the same view.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsStr;
@@ -288,8 +289,12 @@ fn describe(u: &Union, a: &Attr) -> Result<String, Errno> {
 }
 
 /// Compares the engine's view with the model's, and st_ino with identities. `seen` remembers
-/// the st_ino each identity showed so far.
-fn check_view(u: &Union, m: &Model, seen: &mut HashMap<u32, u64>) -> Result<(), String> {
+/// the st_ino each identity showed so far in this mount, to check they are stable.
+fn check_view(
+    u: &Union,
+    m: &Model,
+    mut seen: Option<&mut HashMap<u32, u64>>,
+) -> Result<(), String> {
     let got = engine_view(u)?;
     let want = m.render();
     let got_desc: BTreeMap<&String, &String> = got.iter().map(|(p, (d, _))| (p, d)).collect();
@@ -319,7 +324,7 @@ fn check_view(u: &Union, m: &Model, seen: &mut HashMap<u32, u64>) -> Result<(), 
             ));
         }
         owner.insert(*ino, (id, path));
-        match seen.insert(id, *ino) {
+        match seen.as_mut().and_then(|seen| seen.insert(id, *ino)) {
             Some(before) if before != *ino => {
                 return Err(format!("st_ino of {path:?} changed from {before} to {ino}"));
             }
@@ -378,7 +383,7 @@ pub fn run(plan: &Plan) -> Result<(), String> {
     let u = Union::new(&s.config()).map_err(|e| format!("Union::new: {e}"))?;
     let mut m = Model::new(plan);
     let mut seen = HashMap::new();
-    check_view(&u, &m, &mut seen).map_err(|e| format!("before any operation: {e}"))?;
+    check_view(&u, &m, Some(&mut seen)).map_err(|e| format!("before any operation: {e}"))?;
     for (i, op) in plan.ops.iter().enumerate() {
         let want = m.apply(op);
         let got = Vfs {
@@ -391,8 +396,14 @@ pub fn run(plan: &Plan) -> Result<(), String> {
                 "op {i} {op:?}: union answered {got:?}, model {want:?}"
             ));
         }
-        check_view(&u, &m, &mut seen).map_err(|e| format!("after op {i} {op:?}: {e}"))?;
+        check_view(&u, &m, Some(&mut seen)).map_err(|e| format!("after op {i} {op:?}: {e}"))?;
+        check_disk(&s, &lowers_before).map_err(|e| format!("after op {i} {op:?}: {e}"))?;
     }
     drop(u);
+    // What the upper holds must mean the same view to a new mount (markers written right);
+    // st_ino may differ, as copy-up numbering lives only as long as a mount.
+    let again = Union::new(&s.config()).map_err(|e| format!("Union::new again: {e}"))?;
+    check_view(&again, &m, None).map_err(|e| format!("after a remount: {e}"))?;
+    drop(again);
     check_disk(&s, &lowers_before)
 }
