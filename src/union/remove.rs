@@ -45,6 +45,7 @@ impl Union {
         let pnode = self.copy_up_locked(&pnode, true)?;
         let dir = self.layers[0].open_dir(pnode.path().ok_or(Errno::NOENT)?)?;
         if victim.upper {
+            self.settle_handles(victim.ino);
             up.remove(dir.as_fd(), name, want_dir, whiteout)?;
         } else {
             up.make_whiteout(dir.as_fd(), name)?;

@@ -117,6 +117,9 @@ impl Union {
             return Ok(());
         }
 
+        if let Some(d) = &dst {
+            self.settle_handles(d.ino);
+        }
         // An upper directory being replaced may still hold whiteouts: clear them first so the
         // rename onto it succeeds (it is empty in the merged view, checked above).
         let upper_dst = sys::not_found_as_none(sys::path::stat_at(ddir.as_fd(), newname))?;
