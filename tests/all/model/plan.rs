@@ -131,6 +131,14 @@ pub enum Op {
     Readdir {
         path: String,
     },
+    /// Opens a file for reading and keeps the handle.
+    Open {
+        path: String,
+    },
+    /// Reads the whole file through kept handle number `slot` (modulo the number kept).
+    Read {
+        slot: usize,
+    },
 }
 
 /// Lowers (top first), the upper, and the operations.
@@ -377,7 +385,7 @@ impl Op {
         let (path, extra) = (b.path(), b.next());
         // Sources are drawn from the layers' names, which exist more often.
         let source = path.replace('d', "a");
-        match b.next() % 14 {
+        match b.next() % 16 {
             0 => Op::Create {
                 path,
                 mode: MODES[extra % 4],
@@ -429,6 +437,8 @@ impl Op {
                 path,
                 key: extra % 2,
             },
+            14 => Op::Open { path: source },
+            15 => Op::Read { slot: extra },
             _ => Op::Readdir {
                 path: if extra % 3 == 0 {
                     String::new()
@@ -450,7 +460,8 @@ impl Op {
             | Op::Chmod { path, .. }
             | Op::SetXattr { path, .. }
             | Op::RemoveXattr { path, .. }
-            | Op::Readdir { path } => Some(path),
+            | Op::Readdir { path }
+            | Op::Open { path } => Some(path),
             _ => None,
         }
     }

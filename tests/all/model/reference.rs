@@ -50,6 +50,8 @@ pub enum Outcome {
     Done,
     /// Sorted names of a listing.
     Names(Vec<String>),
+    /// What a read returned.
+    Data(Vec<u8>),
     /// The kernel would not pass this to the filesystem (it follows the symlink first).
     Skipped,
 }
@@ -61,6 +63,9 @@ pub struct Model {
     pub view: BTreeMap<String, VObj>,
     pub inodes: HashMap<u32, Inode>,
     next_id: u32,
+    /// The identities open handles were opened on: a handle follows its file through
+    /// copy-up, rename and unlink.
+    handles: Vec<u32>,
 }
 
 enum Probe<'a> {
@@ -116,6 +121,7 @@ impl Model {
             view: BTreeMap::new(),
             inodes: HashMap::new(),
             next_id: 1,
+            handles: Vec::new(),
         };
         let ls = layers(plan);
         let root: Vec<(usize, bool)> = (0..ls.len()).map(|l| (l, xwh(&ls, l, ""))).collect();
@@ -388,6 +394,20 @@ impl Model {
                 self.inode(path).xattrs.remove(XATTR_KEYS[*key]);
                 Ok(Outcome::Done)
             }
+            Op::Open { path } => {
+                let o = self.existing(path)?;
+                if o.kind == Kind::Dir {
+                    return Ok(Outcome::Skipped);
+                }
+                self.handles.push(o.id);
+                Ok(Outcome::Done)
+            }
+            Op::Read { slot } => match self.handles.len() {
+                0 => Ok(Outcome::Skipped),
+                n => Ok(Outcome::Data(
+                    self.inodes[&self.handles[slot % n]].data.clone(),
+                )),
+            },
             Op::Readdir { path } => {
                 if !path.is_empty() && self.existing(path)?.kind != Kind::Dir {
                     return Err(Errno::NOTDIR);

@@ -38,12 +38,15 @@ fn ctx() -> Ctx {
 
 /// One operation's view of the engine: lookups it made are forgotten when it ends, as the
 /// kernel eventually does.
-struct Vfs<'u> {
+struct Vfs<'u, 'h> {
     u: &'u Union,
     looked_up: Vec<u64>,
+    /// File handles kept open across operations (`Op::Open`), each with the inode it holds a
+    /// lookup reference to, as the kernel does for an open file.
+    handles: &'h mut Vec<(u64, u64)>,
 }
 
-impl Drop for Vfs<'_> {
+impl Drop for Vfs<'_, '_> {
     fn drop(&mut self) {
         for ino in self.looked_up.drain(..) {
             self.u.forget(ino, 1);
@@ -51,7 +54,7 @@ impl Drop for Vfs<'_> {
     }
 }
 
-impl<'u> Vfs<'u> {
+impl Vfs<'_, '_> {
     fn lookup(&mut self, dir: u64, name: &str) -> Result<Attr, Errno> {
         let a = self.u.lookup(dir, OsStr::new(name))?;
         self.looked_up.push(a.ino);
@@ -92,6 +95,12 @@ impl<'u> Vfs<'u> {
         }
         let (u, c) = (self.u, ctx());
         match op {
+            Op::Read { slot } => {
+                let Some(&(fh, _)) = self.handles.get(slot % self.handles.len().max(1)) else {
+                    return Ok(Outcome::Skipped);
+                };
+                return u.read(fh, 0, 1 << 16).map(Outcome::Data);
+            }
             Op::Create { path, mode } => {
                 let (p, name) = self.parent(path)?;
                 let (_, fh) = u.create(&c, p, name, *mode, OFlags::WRONLY)?;
@@ -150,6 +159,14 @@ impl<'u> Vfs<'u> {
                 u.setxattr(a.ino, k, v.as_bytes(), *flags)?;
             }
             Op::RemoveXattr { key, .. } => u.removexattr(a.ino, OsStr::new(XATTR_KEYS[*key]))?,
+            Op::Open { .. } if kind(a) == FileType::Directory => return Ok(Outcome::Skipped),
+            Op::Open { .. } => {
+                let fh = u.open(&c, a.ino, OFlags::RDONLY)?;
+                let i = self.looked_up.iter().rposition(|&i| i == a.ino);
+                self.looked_up
+                    .remove(i.expect("an opened file was looked up"));
+                self.handles.push((fh, a.ino));
+            }
             Op::Readdir { .. } => {
                 let names: Vec<String> = listing(u, a.ino)?.into_keys().collect();
                 return Ok(Outcome::Names(names));
@@ -383,12 +400,14 @@ pub fn run(plan: &Plan) -> Result<(), String> {
     let u = Union::new(&s.config()).map_err(|e| format!("Union::new: {e}"))?;
     let mut m = Model::new(plan);
     let mut seen = HashMap::new();
+    let mut handles = Vec::new();
     check_view(&u, &m, Some(&mut seen)).map_err(|e| format!("before any operation: {e}"))?;
     for (i, op) in plan.ops.iter().enumerate() {
         let want = m.apply(op);
         let got = Vfs {
             u: &u,
             looked_up: Vec::new(),
+            handles: &mut handles,
         }
         .exec(op);
         if got != want {
@@ -398,6 +417,10 @@ pub fn run(plan: &Plan) -> Result<(), String> {
         }
         check_view(&u, &m, Some(&mut seen)).map_err(|e| format!("after op {i} {op:?}: {e}"))?;
         check_disk(&s, &lowers_before).map_err(|e| format!("after op {i} {op:?}: {e}"))?;
+    }
+    for (fh, ino) in handles {
+        u.release(fh);
+        u.forget(ino, 1);
     }
     drop(u);
     // What the upper holds must mean the same view to a new mount (markers written right);
