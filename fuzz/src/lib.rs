@@ -5,10 +5,8 @@
 //! The plan decoder, reference model and runner are the model test's own files, included by
 //! path rather than exported by the library: they are test code, not unionmount's API.
 
-#[allow(dead_code)]
 #[path = "../../tests/all/fixture.rs"]
 mod fixture;
 #[allow(dead_code)]
-#[path = "../../tests/all/model/mod.rs"]
 mod model;
 pub mod targets;

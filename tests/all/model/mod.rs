@@ -8,10 +8,11 @@
 //! (see its header). `prop` is the proptest driver of this test binary.
 //!
 //! Where the code lives: this directory of the test binary, not the library. The cargo-fuzz
-//! crate (`fuzz/`) includes these files with `#[path = "../../tests/all/model/mod.rs"]` (and
-//! `fixture.rs` the same way), so the fuzz target and this test share one decoder, model and
-//! runner without any of it becoming public API of the shipped crate. The files only use
-//! `crate::fixture` and `unionmount`'s public API for that reason.
+//! crate (`fuzz/src/model.rs`) includes `plan.rs`, `reference.rs` and `runner.rs` with
+//! `#[path = "../../tests/all/model/..."]` (and `fixture.rs` the same way), so the fuzz target
+//! and this test share one decoder, model and runner without any of it becoming public API
+//! of the shipped crate. Those files only use `crate::fixture` and `unionmount`'s public API
+//! for that reason; `prop.rs` (proptest) is this binary's alone.
 //!
 //! Cases: 48 by default (about 20-40 s in a debug build on 2 cores); set
 //! `UNIONMOUNT_MODEL_CASES=N` for more. A failure prints the shrunk input bytes and the plan
