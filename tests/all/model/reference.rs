@@ -64,7 +64,7 @@ pub struct Model {
     pub inodes: HashMap<u32, Inode>,
     next_id: u32,
     /// The identities open handles were opened on: a handle follows its file through
-    /// copy-up, rename and unlink.
+    /// copy-up, rename and unlink, and holds a lookup reference to it, as the kernel does.
     handles: Vec<u32>,
 }
 
@@ -228,14 +228,20 @@ impl Model {
             .collect()
     }
 
-    /// A copy-up of `path`: a lower identity moves to the upper; its other names, still in the
-    /// lower, become a file of their own.
+    /// A copy-up of `path`: a lower identity moves to the upper. Its other names are linked
+    /// to the copy when the engine knows them (unionmount's choice, like the kernel's
+    /// `index=on`): that is when an open handle keeps its node alive, since the runner looks
+    /// every name up after each operation and a lower file gains no names. Otherwise they
+    /// stay in the lower and become a file of their own.
     fn copy_up(&mut self, path: &str) {
         let id = self.view[path].id;
         if self.inodes[&id].upper {
             return;
         }
         self.inodes.get_mut(&id).unwrap().upper = true;
+        if self.handles.contains(&id) {
+            return;
+        }
         let others: Vec<String> = self
             .view
             .iter()
@@ -507,7 +513,7 @@ impl Model {
             .collect();
         match o.kind {
             Kind::Dir => format!("d {mode:o} {xattrs:?}"),
-            Kind::File => format!("f {mode:o} {data:?} {xattrs:?}"),
+            Kind::File => format!("f {mode:o} {} {data:?} {xattrs:?}", i.data.len()),
             Kind::Symlink => format!("l {mode:o} {data:?} {xattrs:?}"),
         }
     }

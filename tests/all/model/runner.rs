@@ -212,8 +212,9 @@ fn kind(a: &Attr) -> FileType {
     FileType::from_raw_mode(a.st.st_mode)
 }
 
-/// The names of directory `ino` with their d_ino, checking `.` and `..` and no duplicates.
-fn listing(u: &Union, ino: u64) -> Result<BTreeMap<String, u64>, Errno> {
+/// The names of directory `ino` with their d_ino and d_type, checking `.` and `..` and no
+/// duplicates.
+fn listing(u: &Union, ino: u64) -> Result<BTreeMap<String, (u64, FileType)>, Errno> {
     let fh = u.opendir(ino)?;
     let r = u.readdir(fh, 0);
     u.releasedir(fh);
@@ -224,7 +225,7 @@ fn listing(u: &Union, ino: u64) -> Result<BTreeMap<String, u64>, Errno> {
         let name = e.name.to_string_lossy().into_owned();
         if name == "." || name == ".." {
             dots += 1;
-        } else if out.insert(name.clone(), e.ino).is_some() {
+        } else if out.insert(name.clone(), (e.ino, e.kind)).is_some() {
             panic!("{name:?} listed twice in directory {ino}");
         }
     }
@@ -246,12 +247,12 @@ fn walk(
     out: &mut BTreeMap<String, (String, u64)>,
 ) -> Result<(), String> {
     let list = listing(u, dir).map_err(|e| format!("listing {prefix:?}: {e}"))?;
-    for (name, d_ino) in list {
+    for (name, dirent) in list {
         let path = super::reference::join(prefix, &name);
         let a = u
             .lookup(dir, OsStr::new(&name))
             .map_err(|e| format!("lookup of listed {path:?}: {e}"))?;
-        let r = visit(u, &a, d_ino, &path, out);
+        let r = visit(u, &a, dirent, &path, out);
         u.forget(a.ino, 1);
         r?;
     }
@@ -261,12 +262,28 @@ fn walk(
 fn visit(
     u: &Union,
     a: &Attr,
-    d_ino: u64,
+    (d_ino, d_type): (u64, FileType),
     path: &str,
     out: &mut BTreeMap<String, (String, u64)>,
 ) -> Result<(), String> {
-    if d_ino != a.ino {
-        return Err(format!("{path:?}: d_ino {d_ino} but st_ino {}", a.ino));
+    if (d_ino, d_type) != (a.ino, kind(a)) {
+        return Err(format!(
+            "{path:?}: listed as {d_ino} {d_type:?}, looked up as {} {:?}",
+            a.ino,
+            kind(a)
+        ));
+    }
+    let st = u
+        .getattr(a.ino)
+        .map_err(|e| format!("getattr of {path:?}: {e}"))?
+        .st;
+    let fields = |st: &rustix::fs::Stat| (st.st_ino, st.st_mode, st.st_size, st.st_nlink);
+    if fields(&st) != fields(&a.st) {
+        return Err(format!(
+            "{path:?}: getattr {:?} but lookup {:?}",
+            fields(&st),
+            fields(&a.st)
+        ));
     }
     let described = describe(u, a).map_err(|e| format!("reading {path:?}: {e}"))?;
     out.insert(path.to_string(), (described, a.ino));
@@ -292,8 +309,10 @@ fn describe(u: &Union, a: &Attr) -> Result<String, Errno> {
             let fh = u.open(&ctx(), a.ino, OFlags::RDONLY)?;
             let data = u.read(fh, 0, 1 << 16);
             u.release(fh);
+            // st_size is shown beside the content, which gives the model's size.
             format!(
-                "f {mode:o} {:?} {xattrs:?}",
+                "f {mode:o} {} {:?} {xattrs:?}",
+                a.st.st_size,
                 String::from_utf8_lossy(&data?)
             )
         }
