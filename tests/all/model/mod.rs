@@ -14,7 +14,7 @@
 //! of the shipped crate. Those files only use `crate::fixture` and `unionmount`'s public API
 //! for that reason; `prop.rs` (proptest) is this binary's alone.
 //!
-//! Cases: 48 by default (about 20-40 s in a debug build on 2 cores); set
+//! Cases: 256 by default (10-40 s in a debug build on 2 cores, depending on the disk); set
 //! `UNIONMOUNT_MODEL_CASES=N` for more. A failure prints the shrunk input bytes and the plan
 //! it decodes to (layers in the fixture format, then the operations); add the bytes as a file
 //! under `fuzz/regressions/engine_plan/` to keep it as a regression (`fuzz_corpus` runs them).
