@@ -384,7 +384,8 @@ fn overlay_conflict(
 }
 
 /// Undoes the kernel's `\ooo` octal escapes in /proc mount tables (space, tab, newline,
-/// backslash, and for overlay options also `,` and `=`).
+/// backslash, and for overlay options also `,` and `=`). An escape encodes one byte, so it
+/// is at most `\377`; anything else after a backslash is kept as it is.
 pub fn unescape_octal(s: &str) -> Vec<u8> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
@@ -392,7 +393,8 @@ pub fn unescape_octal(s: &str) -> Vec<u8> {
     while i < b.len() {
         if b[i] == b'\\'
             && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+            && (b'0'..=b'3').contains(&b[i + 1])
+            && b[i + 2..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
         {
             out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
             i += 4;

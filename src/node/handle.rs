@@ -73,4 +73,14 @@ impl<T> Handles<T> {
     pub fn find(&self, pred: impl Fn(&T) -> bool) -> Option<Arc<T>> {
         self.map.read().values().find(|h| pred(h)).cloned()
     }
+
+    /// Every handle satisfying `pred`.
+    pub fn filter(&self, pred: impl Fn(&T) -> bool) -> Vec<Arc<T>> {
+        self.map
+            .read()
+            .values()
+            .filter(|h| pred(h))
+            .cloned()
+            .collect()
+    }
 }

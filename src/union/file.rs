@@ -116,6 +116,20 @@ impl Union {
         Ok(())
     }
 
+    /// Moves every handle of `ino` still reading a lower copy onto the upper copy, if there
+    /// is one. Called before a name of `ino` goes away: a handle finds the upper copy by the
+    /// node's path, so once the last name is gone it would go on reading the lower data that
+    /// a copy-up replaced (the kernel's handles follow the copy-up whatever happens to the
+    /// name). A handle that cannot be reopened keeps its lower fd, as before.
+    pub(crate) fn settle_handles(&self, ino: u64) {
+        for h in self
+            .files
+            .filter(|h| h.ino == ino && !h.on_upper.load(Ordering::Acquire))
+        {
+            let _ = self.follow_copy_up(&h);
+        }
+    }
+
     /// Reads up to `size` bytes at `offset`.
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, Errno> {
         let h = self.handle(fh)?;

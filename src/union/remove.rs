@@ -48,6 +48,7 @@ impl Union {
         let dir = self.layers[0].open_dir(pnode.path().ok_or(Errno::NOENT)?)?;
         let pin = self.pin_removed(dir.as_fd(), name, &victim);
         if victim.upper {
+            self.settle_handles(victim.ino);
             up.remove(dir.as_fd(), name, want_dir, whiteout)?;
         } else {
             up.make_whiteout(dir.as_fd(), name)?;

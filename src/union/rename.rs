@@ -117,6 +117,9 @@ impl Union {
             return Ok(());
         }
 
+        if let Some(d) = &dst {
+            self.settle_handles(d.ino);
+        }
         let dst_pin = dst
             .as_ref()
             .and_then(|d| self.pin_removed(ddir.as_fd(), newname, d));

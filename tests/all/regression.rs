@@ -687,3 +687,44 @@ fn pjdfstest_open_etxtbsy_trunc_of_running_program() {
         assert_eq!(cat(&u, path), "", "{path} after the program ended");
     }
 }
+
+/// Fuzzing (`options`): `unescape_octal` computed `\ooo` in a byte, so an escape above `\377`
+/// (`\777`) overflowed: a panic in debug builds, a wrong byte in release ones. The kernel
+/// never writes such an escape; it is kept as text.
+#[test]
+fn unescape_octal_escape_above_377_is_kept_as_text() {
+    use unionmount::setup::unescape_octal;
+    assert_eq!(unescape_octal(r"\777"), br"\777");
+    assert_eq!(unescape_octal(r"a\4000"), br"a\4000");
+    assert_eq!(unescape_octal(r"\377\040"), b"\xff ");
+}
+
+/// Model test (`model::prop`): a read-only handle opened on a lower file went on reading the
+/// lower data after the file was copied up (and changed) through another open and then lost
+/// its name by unlink or by a rename over it: the handle found the upper copy by its node's
+/// path, which no longer existed. The kernel's handle follows the copy-up regardless.
+#[test]
+fn read_handle_follows_copy_up_when_name_goes_away() {
+    let s = Stack::new(&["f a hello\nf b hello\nf c other"]);
+    let u = s.union();
+    let read_all = |fh| String::from_utf8(u.read(fh, 0, 100).unwrap()).unwrap();
+    let truncate = |path: &str| {
+        let set = SetAttr {
+            size: Some(2),
+            ..SetAttr::default()
+        };
+        u.setattr(&ctx(), ino(&u, path), &set).unwrap();
+    };
+    let fa = u.open(&ctx(), ino(&u, "a"), OFlags::RDONLY).unwrap();
+    truncate("a");
+    unlink(&u, "a").unwrap();
+    assert_eq!(read_all(fa), "he", "after unlink");
+
+    let fb = u.open(&ctx(), ino(&u, "b"), OFlags::RDONLY).unwrap();
+    truncate("b");
+    mv(&u, "c", "b").unwrap();
+    assert_eq!(read_all(fb), "he", "after a rename over it");
+    assert_eq!(cat(&u, "b"), "other");
+    u.release(fa);
+    u.release(fb);
+}
