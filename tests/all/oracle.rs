@@ -927,6 +927,44 @@ fn intentional_differences_private_xattrs() {
     assert_eq!(fixture::dump(&ours.stack.upper), "");
 }
 
+/// Kernel limitation (found by random.rs): kernel overlayfs (6.18) hides an xattr whiteout from
+/// a listing, but its emptiness check for rmdir (and for a rename over the directory) counts
+/// it, so a directory that lists as empty cannot be removed: ENOTEMPTY. unionmount removes it,
+/// as it removes a directory emptied by char 0/0 whiteouts. The random plans keep xattr
+/// whiteouts out of directories they remove (`Plan::drop_removed_xwhiteouts`).
+#[test]
+fn intentional_difference_rmdir_of_dir_emptied_by_xattr_whiteouts() {
+    if !overlay_available() {
+        return;
+    }
+    let lowers: &[&str] = &["X d/c", "f d/c low\nf e/f 1"];
+    let kernel = KernelMount::mount(Stack::new(lowers));
+    let mut ours = UnionMount::mount(Stack::new(lowers));
+    let enotempty =
+        "err Os { code: 39, kind: DirectoryNotEmpty, message: \"Directory not empty\" }";
+    // (op, kernel, unionmount)
+    let expected: &[(Op, &str, &str)] = &[
+        (Op::List("d"), "ok ", "ok "),
+        (Op::Rmdir("d"), enotempty, "ok "),
+        (
+            Op::Stat("d/c"),
+            "err Os { code: 2, kind: NotFound, message: \"No such file or directory\" }",
+            "err Os { code: 2, kind: NotFound, message: \"No such file or directory\" }",
+        ),
+    ];
+    for &(op, k, u) in expected {
+        assert_eq!(run(kernel.mnt(), op), k, "kernel: {op:?}");
+        assert_eq!(run(ours.mnt(), op), u, "unionmount: {op:?}");
+    }
+    assert_eq!(run(ours.mnt(), Op::List("")), "ok e");
+    ours.unmount();
+    assert_eq!(
+        fixture::dump(&ours.stack.upper),
+        "d c 0 0 0:0 []",
+        "the removed directory is whited out"
+    );
+}
+
 /// Directories too large for one readdir reply, merged from three layers with whiteouts.
 #[test]
 fn large_merged_directories() {

@@ -521,6 +521,7 @@ fn random_plan(seed: u64) -> Plan {
     };
     plan.drop_listed_whiteouts();
     plan.ops = random_ops(&mut rng, &plan.lowers, &plan.upper);
+    plan.drop_removed_xwhiteouts();
     plan
 }
 
@@ -701,6 +702,41 @@ impl Plan {
                 }
                 None => return,
             }
+        }
+    }
+
+    /// Removes the xattr whiteouts in directories that an operation may remove or replace
+    /// (rmdir, `rm -rf`, a rename onto it or an ancestor): kernel overlayfs cannot remove a
+    /// directory that only xattr whiteouts make empty
+    /// (`intentional_difference_rmdir_of_dir_emptied_by_xattr_whiteouts`).
+    fn drop_removed_xwhiteouts(&mut self) {
+        let removed: Vec<&str> = self
+            .ops
+            .iter()
+            .flat_map(|op| {
+                let op = match op {
+                    Op::Nobody(inner) => *inner,
+                    op => op,
+                };
+                match *op {
+                    Op::Rmdir(p) | Op::RmRf(p) => vec![p],
+                    Op::Rename(_, p) | Op::RenameNoreplace(_, p) => vec![p],
+                    Op::RenameExchange(a, b) => vec![a, b],
+                    _ => vec![],
+                }
+            })
+            .collect();
+        let doomed = |g: &Group| {
+            let Some(path) = g[0].strip_prefix("X ") else {
+                return false;
+            };
+            let dir = path.rsplit_once('/').map_or("", |(d, _)| d);
+            removed
+                .iter()
+                .any(|p| p.is_empty() || dir == *p || dir.starts_with(&format!("{p}/")))
+        };
+        for l in &mut self.lowers {
+            l.retain(|g| !doomed(g));
         }
     }
 
