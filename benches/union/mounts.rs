@@ -52,11 +52,11 @@ impl Mounted {
         } else {
             rustix::mount::UnmountFlags::empty()
         };
-        if let Err(e) = rustix::mount::unmount(&self.mnt, flags) {
-            if !lazy {
-                eprintln!("unmount {}: {e}; detaching", self.mnt.display());
-                let _ = rustix::mount::unmount(&self.mnt, rustix::mount::UnmountFlags::DETACH);
-            }
+        if let Err(e) = rustix::mount::unmount(&self.mnt, flags)
+            && !lazy
+        {
+            eprintln!("unmount {}: {e}; detaching", self.mnt.display());
+            let _ = rustix::mount::unmount(&self.mnt, rustix::mount::UnmountFlags::DETACH);
         }
         if let Some(mut child) = self.daemon.take() {
             let deadline = Instant::now() + Duration::from_secs(30);
