@@ -254,7 +254,7 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
         let e = e.unwrap();
         let p = e.path();
         let rel = p.strip_prefix(root).unwrap().display().to_string();
-        let md = fs::symlink_metadata(&p).unwrap();
+        let md = fs::symlink_metadata(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
         let ft = md.file_type();
         let mode = md.mode() & 0o7777;
         let what = if ft.is_dir() {

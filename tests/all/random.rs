@@ -522,6 +522,8 @@ fn random_plan(seed: u64) -> Plan {
     plan.drop_listed_whiteouts();
     plan.ops = random_ops(&mut rng, &plan.lowers, &plan.upper);
     plan.drop_removed_xwhiteouts();
+    // Without those, a directory may no longer be merged and list its whiteouts.
+    plan.drop_listed_whiteouts();
     plan
 }
 
