@@ -103,13 +103,14 @@ fn walk_inos(
 }
 
 /// Whether the d_ino mismatch `m` (from `ino_report`: "DIR/NAME (as PATH)") names, in the
-/// kernel's `upper`, a hard-linked copied-up file (nlink > 1, `trusted.overlay.origin`).
+/// kernel's `upper`, a hard-linked copied-up non-directory (nlink > 1,
+/// `trusted.overlay.origin`): a regular file, or a FIFO or symlink (seed 203742).
 fn linked_copy_up(upper: &Path, m: &str) -> bool {
     let Some(path) = m.split_once(" (as ").and_then(|(_, p)| p.strip_suffix(')')) else {
         return false;
     };
     let p = upper.join(path);
-    fs::symlink_metadata(&p).is_ok_and(|md| md.is_file() && md.nlink() > 1)
+    fs::symlink_metadata(&p).is_ok_and(|md| !md.is_dir() && md.nlink() > 1)
         && rustix::fs::lgetxattr(&p, "trusted.overlay.origin", &mut [0u8; 256]).is_ok()
 }
 
