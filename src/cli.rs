@@ -45,7 +45,8 @@ const AFTER_HELP: &str = "\
 Mount options (-o, comma-separated, repeatable; the last of two opposites wins):
   userxattr              keep overlay markers in user.overlay.* instead of trusted.overlay.*
                          (always on when not run as root: trusted.* needs CAP_SYS_ADMIN)
-  timeout=SECONDS        how long the kernel caches entries and attributes (default 1, 0 = off)
+  timeout=SECONDS        how long the kernel caches entries and attributes (default 86400;
+                         0 = no caching, for lowers edited under a live mount)
   noallow_other          only the mounting user may access the mount
   nodefault_permissions  do not let the kernel check permissions from the mode bits
   nosuid, nodev          ignore set-user-id bits / device files (default when not root)
@@ -372,7 +373,7 @@ mod tests {
         let r = parse_as(ROOT, &["l", "u", "m"]).unwrap();
         assert!(r.mount.allow_other && r.mount.default_permissions && r.mount.suid && r.mount.dev);
         assert_eq!(r.config.xattr_ns, XattrNamespace::Trusted);
-        assert_eq!(r.config.timeout, Duration::from_secs(1));
+        assert_eq!(r.config.timeout, crate::config::DEFAULT_TIMEOUT);
         assert_eq!(r.mount.fsname, "unionmount");
 
         let u = parse_as(USER, &["l", "u", "m"]).unwrap();

@@ -48,10 +48,15 @@ impl Config {
             upper,
             workdir,
             xattr_ns: XattrNamespace::Trusted,
-            timeout: Duration::from_secs(1),
+            timeout: DEFAULT_TIMEOUT,
         }
     }
 }
+
+/// How long the kernel may cache entries, attributes and file data by default: lowers are
+/// read-only and every change goes through the mount, so only people who edit lowers under a
+/// live mount need less (`timeout=0`).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(86_400);
 
 /// How the union is presented through FUSE: the mount's own options, as opposed to what the
 /// union contains. Defaults depend on privilege and are filled in by `cli`.

@@ -26,6 +26,11 @@ use crate::union::{Attr, Ctx, Union};
 pub struct Adapter {
     union: Union,
     ttl: Duration,
+    /// How opens answer: `FOPEN_KEEP_CACHE` unless caching is off (`timeout=0`). Every change
+    /// to a file's data comes through this mount, so the kernel's page cache of an inode stays
+    /// right across opens; dropping it at each open (the default) made every warm read go
+    /// through the daemon again.
+    open_flags: FopenFlags,
     /// Filled by the session once mounted (the notifier only exists then).
     notifier: Arc<OnceLock<Notifier>>,
 }
@@ -35,6 +40,11 @@ impl Adapter {
         Adapter {
             union,
             ttl: cfg.timeout,
+            open_flags: if cfg.timeout.is_zero() {
+                FopenFlags::empty()
+            } else {
+                FopenFlags::FOPEN_KEEP_CACHE
+            },
             notifier: Arc::default(),
         }
     }
@@ -364,7 +374,7 @@ impl Filesystem for Adapter {
         let r = self.union.open(&ctx(req, 0), ino.0, oflags(flags));
         self.invalidate_stale();
         match r {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Ok(fh) => reply.opened(FileHandle(fh), self.open_flags),
             Err(e) => reply.error(fuse_errno(e)),
         }
     }
@@ -612,7 +622,7 @@ impl Filesystem for Adapter {
                 &file_attr(&a),
                 Generation(a.generation),
                 FileHandle(fh),
-                FopenFlags::empty(),
+                self.open_flags,
             ),
             Err(e) => reply.error(fuse_errno(e)),
         }
