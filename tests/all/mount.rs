@@ -837,7 +837,9 @@ fn directory_offsets_stay_valid() {
     let open = || {
         rustix::fs::open(
             m.path("d"),
-            rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY,
+            rustix::fs::OFlags::RDONLY
+                | rustix::fs::OFlags::DIRECTORY
+                | rustix::fs::OFlags::CLOEXEC,
             Mode::empty(),
         )
         .unwrap()

@@ -69,7 +69,7 @@ fn walk_inos(
     let rel = |p: &Path| p.strip_prefix(root).unwrap().display().to_string();
     let fd = rustix::fs::open(
         dir,
-        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY,
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
         Mode::empty(),
     )
     .unwrap();
