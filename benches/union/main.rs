@@ -141,16 +141,18 @@ fn main() {
         if w.needs_rootfs && !l.real_rootfs {
             continue;
         }
-        let mut medians = Vec::new();
-        for (k, &imp) in impls.iter().enumerate() {
-            let mut times = Vec::new();
-            for _ in 0..runs {
+        // Runs rotate which implementation goes first: the first cold read of a lower file
+        // also pays for the host's disk cache, which would otherwise always bill the same one.
+        let mut times: Vec<Vec<Duration>> = vec![Vec::new(); impls.len()];
+        for run in 0..runs {
+            for k in (0..impls.len()).map(|k| (k + run) % impls.len()) {
+                let imp = impls[k];
                 let (t, rss) = run_once(imp, &w, &l, &scratch.join(imp.name()));
-                times.push(t);
+                times[k].push(t);
                 peak[k] = peak[k].max(rss.unwrap_or(0));
             }
-            medians.push(median(times));
         }
+        let medians: Vec<Duration> = times.into_iter().map(median).collect();
         print!("{:<20}", w.name);
         for m in &medians {
             print!("{:>15.3}s", m.as_secs_f64());

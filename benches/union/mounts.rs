@@ -94,6 +94,11 @@ pub fn mount(
     work: &Path,
     mnt: &Path,
 ) -> Mounted {
+    assert!(
+        !is_mountpoint(mnt),
+        "{} is still a mountpoint (a previous unmount failed)",
+        mnt.display()
+    );
     let lowerdir = lowers
         .iter()
         .map(|l| l.display().to_string())
