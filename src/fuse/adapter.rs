@@ -222,7 +222,33 @@ impl Filesystem for Adapter {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        self.reply_entry(self.union.lookup(parent.0, name), reply);
+        match self.union.lookup(parent.0, name) {
+            // A negative entry (node id 0) the kernel may cache as long as a positive one:
+            // a name can only appear through this mount, which replaces the negative dentry.
+            // Saves a round trip for every repeated miss (PATH and library searches, make).
+            Err(Errno::NOENT) if !self.ttl.is_zero() => {
+                self.invalidate_stale();
+                let attr = FileAttr {
+                    ino: INodeNo(0),
+                    size: 0,
+                    blocks: 0,
+                    atime: UNIX_EPOCH,
+                    mtime: UNIX_EPOCH,
+                    ctime: UNIX_EPOCH,
+                    crtime: UNIX_EPOCH,
+                    kind: fuser::FileType::RegularFile,
+                    perm: 0,
+                    nlink: 0,
+                    uid: 0,
+                    gid: 0,
+                    rdev: 0,
+                    blksize: 0,
+                    flags: 0,
+                };
+                reply.entry(&self.ttl, &attr, Generation(0));
+            }
+            r => self.reply_entry(r, reply),
+        }
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
