@@ -216,6 +216,8 @@ fn lower_file_open_read_only_across_copy_up_like_kernel() {
     let m = Mount::new(Stack::new(&[desc]), Passthrough::Auto);
     let got = copy_up_sequence(&m.stack.mnt);
     assert_eq!(got, want);
+    // The read-only fd opened on the lower copy follows the copy-up.
+    assert_eq!(got[2], "reader after copy-up: NEW-lower-data");
     assert_eq!(
         fs::read_to_string(m.stack.upper.join("r")).unwrap(),
         "NEW-ZZwer-data"
