@@ -18,7 +18,7 @@ use std::time::Duration;
 use clap::error::ErrorKind;
 use clap::{ArgAction, CommandFactory, Parser};
 
-use crate::config::{Config, MountOptions, XattrNamespace};
+use crate::config::{Config, MountOptions, Passthrough, XattrNamespace};
 
 /// Everything the binary needs, parsed from the command line.
 #[derive(Clone, Debug)]
@@ -52,6 +52,9 @@ Mount options (-o, comma-separated, repeatable; the last of two opposites wins):
   nosuid, nodev          ignore set-user-id bits / device files (default when not root)
   ro                     mount read-only; an UPPER then becomes the topmost lower layer
   fsname=NAME            the source shown in /proc/mounts (default: unionmount)
+  passthrough=on|off|auto
+                         let the kernel read and write open upper files directly (Linux 6.9+,
+                         root only); auto (default) falls back when refused, on fails the mount
   allow_other, default_permissions, suid, dev, rw
                          the opposites, to undo an earlier option
 
@@ -169,7 +172,16 @@ fn build(args: Args, privilege: Privilege) -> Result<Options, clap::Error> {
         dev: o.dev.unwrap_or(privilege.root),
         read_only: false,
         fsname: o.fsname.unwrap_or_else(|| "unionmount".into()),
+        passthrough: o.passthrough.unwrap_or_default(),
     };
+    if mount.passthrough == Passthrough::On && !privilege.root {
+        // The kernel refuses to register backing files without CAP_SYS_ADMIN (EPERM).
+        return Err(usage_error(
+            "-o passthrough=on needs root (the kernel allows backing files only with \
+             CAP_SYS_ADMIN); use passthrough=auto or off"
+                .into(),
+        ));
+    }
     let mut workdir = args.workdir;
     if o.read_only == Some(true) {
         // `-o ro` with an upper: the upper's contents (including its whiteouts and opaque
@@ -215,6 +227,7 @@ struct MountOpts {
     dev: Option<bool>,
     read_only: Option<bool>,
     fsname: Option<String>,
+    passthrough: Option<Passthrough>,
 }
 
 /// Parses every `-o` value. Unknown options are collected and reported together, so one run
@@ -244,6 +257,7 @@ fn parse_mount_options(values: &[String]) -> Result<MountOpts, String> {
             ("nosuid", None) => o.suid = Some(false),
             ("dev", None) => o.dev = Some(true),
             ("nodev", None) => o.dev = Some(false),
+            ("passthrough", Some(v)) => o.passthrough = Some(parse_passthrough(v)?),
             ("ro", None) => o.read_only = Some(true),
             ("rw", None) => o.read_only = Some(false),
             _ => unknown.push(opt),
@@ -258,6 +272,15 @@ fn parse_mount_options(values: &[String]) -> Result<MountOpts, String> {
         ));
     }
     Ok(o)
+}
+
+fn parse_passthrough(v: &str) -> Result<Passthrough, String> {
+    match v {
+        "on" => Ok(Passthrough::On),
+        "off" => Ok(Passthrough::Off),
+        "auto" => Ok(Passthrough::Auto),
+        _ => Err(format!("-o passthrough={v}: expected on, off or auto")),
+    }
 }
 
 fn parse_timeout(v: &str) -> Result<Duration, String> {
@@ -417,7 +440,8 @@ mod tests {
                 suid: false,
                 dev: false,
                 read_only: false,
-                fsname: "x".into()
+                fsname: "x".into(),
+                passthrough: Passthrough::Auto,
             }
         );
         for bad in [
@@ -439,6 +463,34 @@ mod tests {
             err.contains("'bogus'") && err.contains("'other=1'") && !err.contains("nosuid"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn passthrough_option() {
+        for (v, want) in [
+            ("on", Passthrough::On),
+            ("off", Passthrough::Off),
+            ("auto", Passthrough::Auto),
+        ] {
+            let o = parse_as(ROOT, &["-o", &format!("passthrough={v}"), "l", "u", "m"]).unwrap();
+            assert_eq!(o.mount.passthrough, want, "{v}");
+        }
+        for bad in ["passthrough=yes", "passthrough=", "passthrough"] {
+            let err = parse_as(ROOT, &["-o", bad, "l", "u", "m"])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(bad), "{bad}: {err}");
+        }
+        let user = Privilege {
+            root: false,
+            user_allow_other: false,
+        };
+        let err = parse_as(user, &["-o", "passthrough=on", "l", "u", "m"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("passthrough=on needs root"), "{err}");
+        let o = parse_as(user, &["l", "u", "m"]).unwrap();
+        assert_eq!(o.mount.passthrough, Passthrough::Auto);
     }
 
     #[test]

@@ -78,4 +78,19 @@ pub struct MountOptions {
     pub read_only: bool,
     /// The source shown in /proc/mounts.
     pub fsname: String,
+    /// Whether opens of upper files are handed to the kernel (`-o passthrough=`).
+    pub passthrough: Passthrough,
+}
+
+/// FUSE passthrough policy: the kernel reads and writes an open upper file itself, without a
+/// round trip through the daemon (Linux 6.9+, CAP_SYS_ADMIN).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Passthrough {
+    /// Never ask the kernel for passthrough.
+    Off,
+    /// Use passthrough where the kernel allows it; otherwise serve reads and writes here.
+    #[default]
+    Auto,
+    /// Fail the mount if the kernel refuses passthrough.
+    On,
 }

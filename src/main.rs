@@ -151,7 +151,7 @@ fn run(mut opts: Options) -> Result<(), String> {
     let fs = Adapter::new(union, &opts.config);
     let notify = opts.notify_ready;
     let keep_stderr = opts.debug;
-    session::serve(fs, &opts.mountpoint, &opts.mount, opts.debug, || {
+    session::serve(fs, &opts.mountpoint, &opts.mount, opts.debug, move || {
         if notify {
             announce_ready(keep_stderr);
         }

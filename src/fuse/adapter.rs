@@ -3,8 +3,11 @@
 //! conversion (`reply_err`), never through `io::Error` (which fuser would turn into EIO).
 
 use std::ffi::OsStr;
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::Sender;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -16,7 +19,8 @@ use fuser::{
 };
 use rustix::fs::{FileType as SysType, OFlags, Timespec};
 
-use crate::config::Config;
+use crate::config::{Config, Passthrough};
+use crate::fuse::passthrough::{OpenMode, Opens};
 use crate::sys::Errno;
 use crate::union::attr::{SetAttr, SetTime};
 use crate::union::rename::RenameFlags;
@@ -33,6 +37,12 @@ pub struct Adapter {
     open_flags: FopenFlags,
     /// Filled by the session once mounted (the notifier only exists then).
     notifier: Arc<OnceLock<Notifier>>,
+    /// Passthrough policy and the per-inode open modes.
+    opens: Opens,
+    /// Bytes served by the read and write handlers: what passthrough saves the daemon.
+    daemon_io: Arc<AtomicU64>,
+    /// Told once INIT succeeded (the mount is usable); dropped unsent if INIT failed.
+    ready: Option<Sender<()>>,
 }
 
 impl Adapter {
@@ -46,7 +56,39 @@ impl Adapter {
                 FopenFlags::FOPEN_KEEP_CACHE
             },
             notifier: Arc::default(),
+            opens: Opens::new(Passthrough::default()),
+            daemon_io: Arc::default(),
+            ready: None,
         }
+    }
+
+    /// Sets the passthrough policy (before mounting).
+    pub fn set_passthrough(&mut self, policy: Passthrough) {
+        self.opens = Opens::new(policy);
+    }
+
+    /// A counter of the bytes the read and write handlers served (for tests and tracing).
+    pub fn daemon_io(&self) -> Arc<AtomicU64> {
+        self.daemon_io.clone()
+    }
+
+    /// `tx` is sent `()` once the kernel's INIT is answered successfully.
+    pub fn notify_ready(&mut self, tx: Sender<()>) {
+        self.ready = Some(tx);
+    }
+
+    /// Answers an open of `ino` through handle `fh` (see `passthrough` for the choice);
+    /// `open_backing` is the reply's registration of a backing file with the kernel.
+    fn open_mode(
+        &self,
+        ino: u64,
+        fh: u64,
+        open_backing: impl FnOnce(&OwnedFd) -> std::io::Result<fuser::BackingId>,
+    ) -> OpenMode {
+        let keep_cache = self.open_flags.contains(FopenFlags::FOPEN_KEEP_CACHE);
+        self.opens.open(ino, keep_cache, || {
+            self.union.upper_file(fh).map(|fd| open_backing(&fd))
+        })
     }
 
     /// Where the session puts its notifier once the mount is live.
@@ -169,6 +211,14 @@ fn set_time(t: Option<TimeOrNow>) -> Option<SetTime> {
     })
 }
 
+fn cache_flags(keep_cache: bool) -> FopenFlags {
+    if keep_cache {
+        FopenFlags::FOPEN_KEEP_CACHE
+    } else {
+        FopenFlags::empty()
+    }
+}
+
 fn oflags(flags: OpenFlags) -> OFlags {
     OFlags::from_bits_retain(flags.0 as u32)
 }
@@ -218,6 +268,10 @@ impl Filesystem for Adapter {
             }
         }
         let _ = config.set_max_write(1 << 20);
+        self.opens.init(config)?;
+        if let Some(tx) = self.ready.take() {
+            let _ = tx.send(());
+        }
         Ok(())
     }
 
@@ -253,6 +307,9 @@ impl Filesystem for Adapter {
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
         self.union.forget(ino.0, nlookup);
+        if self.opens.has_stale_cache(ino.0) && !self.union.knows(ino.0) {
+            self.opens.forgotten(ino.0);
+        }
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
@@ -399,9 +456,17 @@ impl Filesystem for Adapter {
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let r = self.union.open(&ctx(req, 0), ino.0, oflags(flags));
         self.invalidate_stale();
-        match r {
-            Ok(fh) => reply.opened(FileHandle(fh), self.open_flags),
-            Err(e) => reply.error(fuse_errno(e)),
+        let fh = match r {
+            Ok(fh) => fh,
+            Err(e) => return reply.error(fuse_errno(e)),
+        };
+        match self.open_mode(ino.0, fh, |fd| reply.open_backing(fd)) {
+            OpenMode::Passthrough(id) => {
+                reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id)
+            }
+            OpenMode::Cached { keep_cache } => {
+                reply.opened(FileHandle(fh), cache_flags(keep_cache))
+            }
         }
     }
 
@@ -417,7 +482,10 @@ impl Filesystem for Adapter {
         reply: ReplyData,
     ) {
         match self.union.read(fh.0, offset, size) {
-            Ok(d) => reply.data(&d),
+            Ok(d) => {
+                self.daemon_io.fetch_add(d.len() as u64, Ordering::Relaxed);
+                reply.data(&d)
+            }
             Err(e) => reply.error(fuse_errno(e)),
         }
     }
@@ -435,7 +503,10 @@ impl Filesystem for Adapter {
         reply: ReplyWrite,
     ) {
         match self.union.write(fh.0, offset, data) {
-            Ok(n) => reply.written(n as u32),
+            Ok(n) => {
+                self.daemon_io.fetch_add(n as u64, Ordering::Relaxed);
+                reply.written(n as u32)
+            }
             Err(e) => reply.error(fuse_errno(e)),
         }
     }
@@ -454,7 +525,7 @@ impl Filesystem for Adapter {
     fn release(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
@@ -462,6 +533,7 @@ impl Filesystem for Adapter {
         reply: ReplyEmpty,
     ) {
         self.union.release(fh.0);
+        self.opens.release(ino.0);
         reply.ok();
     }
 
@@ -642,15 +714,27 @@ impl Filesystem for Adapter {
             OFlags::from_bits_retain(flags as u32),
         );
         self.invalidate_stale();
-        match r {
-            Ok((a, fh)) => reply.created(
+        let (a, fh) = match r {
+            Ok(created) => created,
+            Err(e) => return reply.error(fuse_errno(e)),
+        };
+        let (attr, generation) = (file_attr(&a), Generation(a.generation));
+        match self.open_mode(a.ino, fh, |fd| reply.open_backing(fd)) {
+            OpenMode::Passthrough(id) => reply.created_passthrough(
                 &self.ttl,
-                &file_attr(&a),
-                Generation(a.generation),
+                &attr,
+                generation,
                 FileHandle(fh),
-                self.open_flags,
+                FopenFlags::empty(),
+                &id,
             ),
-            Err(e) => reply.error(fuse_errno(e)),
+            OpenMode::Cached { keep_cache } => reply.created(
+                &self.ttl,
+                &attr,
+                generation,
+                FileHandle(fh),
+                cache_flags(keep_cache),
+            ),
         }
     }
 

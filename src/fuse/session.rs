@@ -13,6 +13,7 @@
 use std::io;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
 
@@ -68,19 +69,23 @@ pub fn fuser_config(opts: &MountOptions) -> fuser::Config {
     config
 }
 
-/// Mounts `fs` at `mountpoint`, calls `on_ready` once the mount is live (the kernel's INIT is
-/// answered), and serves requests until the union is unmounted: by `umount`/`fusermount3 -u`,
+/// Mounts `fs` at `mountpoint`, calls `on_ready` (from another thread) once the mount is live
+/// (the kernel's INIT is answered successfully, so a refused `-o passthrough=on` is reported
+/// as a mount failure, not after `ready`), and serves requests until the union is unmounted: by `umount`/`fusermount3 -u`,
 /// or by SIGINT/SIGTERM/SIGHUP, which trigger a detached unmount.
 ///
 /// Errors: whatever mounting fails with (fuser's message, e.g. from fusermount3), an error
 /// registering the signal handlers, or the session loop's final error.
 pub fn serve(
-    fs: Adapter,
+    mut fs: Adapter,
     mountpoint: &Path,
     opts: &MountOptions,
     debug: bool,
-    on_ready: impl FnOnce(),
+    on_ready: impl FnOnce() + Send + 'static,
 ) -> io::Result<()> {
+    fs.set_passthrough(opts.passthrough);
+    let (ready_tx, ready_rx) = mpsc::channel();
+    fs.notify_ready(ready_tx);
     let config = fuser_config(opts);
     if debug {
         info!("mounting {} with {:?}", mountpoint.display(), config);
@@ -117,8 +122,16 @@ pub fn serve(
         }
     };
 
-    on_ready();
+    // INIT is read and answered inside run(); a failed INIT drops the sender unsent.
+    let announcer = thread::Builder::new()
+        .name("unionmount-ready".into())
+        .spawn(move || {
+            if ready_rx.recv().is_ok() {
+                on_ready();
+            }
+        })?;
     let result = session.run();
+    let _ = announcer.join();
     debug!("session for {} ended: {result:?}", mountpoint.display());
     handle.close();
     let _ = watcher.join();
@@ -150,7 +163,12 @@ fn exit_after_grace(mnt: PathBuf) {
 }
 
 /// Mounts `fs` with a background session, for tests: dropping the returned session unmounts.
-pub fn spawn(fs: Adapter, mountpoint: &Path, opts: &MountOptions) -> io::Result<BackgroundSession> {
+pub fn spawn(
+    mut fs: Adapter,
+    mountpoint: &Path,
+    opts: &MountOptions,
+) -> io::Result<BackgroundSession> {
+    fs.set_passthrough(opts.passthrough);
     let notifier = fs.notifier_slot();
     let session = Session::new(fs, mountpoint, &fuser_config(opts))?;
     let _ = notifier.set(session.notifier());
@@ -209,6 +227,7 @@ mod tests {
             dev: true,
             read_only: true,
             fsname: "u".into(),
+            passthrough: crate::config::Passthrough::Auto,
         };
         let c = fuser_config(&opts);
         assert_eq!(c.acl, SessionACL::All);

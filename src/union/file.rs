@@ -215,6 +215,23 @@ impl Union {
         self.files.remove(fh);
     }
 
+    /// A duplicate of the fd behind `fh` when it is the upper copy of the file (for FUSE
+    /// passthrough, where the kernel then reads and writes that file itself); `None` for a
+    /// handle on a lower copy, which a later copy-up would replace by a different file.
+    pub fn upper_file(&self, fh: u64) -> Option<OwnedFd> {
+        let h = self.files.get(fh)?;
+        if !h.on_upper.load(Ordering::Acquire) {
+            return None;
+        }
+        let fd = h.fd.read();
+        fd.try_clone().ok()
+    }
+
+    /// Whether the engine still knows inode `ino` (the kernel holds a reference to it).
+    pub fn knows(&self, ino: u64) -> bool {
+        self.nodes.get(ino).is_some()
+    }
+
     /// The kind of `ino` (for adapters that need it without a stat).
     pub fn kind(&self, ino: u64) -> Result<FileType, Errno> {
         Ok(self.node(ino)?.kind)

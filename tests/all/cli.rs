@@ -112,7 +112,7 @@ impl Drop for Foreground {
 
 /// Runs the binary with `args`, capturing its output through pipes (so a daemon that kept
 /// them open would hang this, which is a bug); panics if it has not exited within [`TIMEOUT`].
-fn run(args: &[&dyn AsRef<std::ffi::OsStr>]) -> Output {
+pub(crate) fn run(args: &[&dyn AsRef<std::ffi::OsStr>]) -> Output {
     let mut cmd = Command::new(BIN);
     for a in args {
         cmd.arg(a);
@@ -153,7 +153,7 @@ fn stderr(out: &Output) -> String {
 }
 
 /// Mounts with the daemonizing form and checks it reported success; the guard unmounts.
-fn mount(args: &[&dyn AsRef<std::ffi::OsStr>], mnt: &Path) -> MountGuard {
+pub(crate) fn mount(args: &[&dyn AsRef<std::ffi::OsStr>], mnt: &Path) -> MountGuard {
     let guard = MountGuard(mnt.to_path_buf());
     let out = run(args);
     assert!(
@@ -172,7 +172,11 @@ fn mount(args: &[&dyn AsRef<std::ffi::OsStr>], mnt: &Path) -> MountGuard {
 
 /// Runs the binary expecting a refusal: non-zero exit, nothing mounted at `mnt`, and a message
 /// on stderr containing every one of `needles`. Returns the message.
-fn refused(args: &[&dyn AsRef<std::ffi::OsStr>], mnt: &Path, needles: &[&str]) -> String {
+pub(crate) fn refused(
+    args: &[&dyn AsRef<std::ffi::OsStr>],
+    mnt: &Path,
+    needles: &[&str],
+) -> String {
     let _guard = MountGuard(mnt.to_path_buf());
     let out = run(args);
     let msg = stderr(&out);

@@ -12,6 +12,7 @@ mod mount;
 mod mounted;
 mod ops;
 mod oracle;
+mod passthrough;
 mod posix;
 mod random;
 mod regression;

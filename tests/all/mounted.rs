@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use fuser::BackgroundSession;
 use rustix::mount::{MountFlags, UnmountFlags};
-use unionmount::config::MountOptions;
+use unionmount::config::{MountOptions, Passthrough};
 use unionmount::fuse::adapter::Adapter;
 
 use crate::fixture::Stack;
@@ -90,6 +90,7 @@ pub fn test_mount_options() -> MountOptions {
         dev: true,
         read_only: false,
         fsname: "unionmount-test".into(),
+        passthrough: Passthrough::Auto,
     }
 }
 
