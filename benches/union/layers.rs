@@ -128,7 +128,10 @@ fn update_layer(dir: &Path, rootfs: &Path) -> PathBuf {
         for name in names.iter().take(200) {
             let mut data = fs::read(bin.join(name)).unwrap();
             data.push(0);
-            fs::write(update.join("usr/bin").join(name), data).unwrap();
+            let new = update.join("usr/bin").join(name);
+            fs::write(&new, data).unwrap();
+            fs::set_permissions(&new, fs::metadata(bin.join(name)).unwrap().permissions())
+                .unwrap();
         }
     }
     let doc = rootfs.join("usr/share/doc");
