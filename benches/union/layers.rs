@@ -130,8 +130,7 @@ fn update_layer(dir: &Path, rootfs: &Path) -> PathBuf {
             data.push(0);
             let new = update.join("usr/bin").join(name);
             fs::write(&new, data).unwrap();
-            fs::set_permissions(&new, fs::metadata(bin.join(name)).unwrap().permissions())
-                .unwrap();
+            fs::set_permissions(&new, fs::metadata(bin.join(name)).unwrap().permissions()).unwrap();
         }
     }
     let doc = rootfs.join("usr/share/doc");
