@@ -304,10 +304,19 @@ fn inode_exhaustion_gives_enospc_and_no_half_made_state() {
         "leftovers in the workdir"
     );
 
-    // Freeing inodes makes everything work again.
-    for i in 0..made.min(4) {
+    // Freeing inodes makes everything work again: once the kernel has forgotten the removed
+    // files. Until its FORGET arrives (asynchronously, after the unlink) unionmount keeps
+    // each removed upper inode pinned (`Node::pin`), as kernel overlayfs keeps an upper inode
+    // while its overlay inode lives; so wait for tmpfs to count the inodes free again.
+    let free_inodes = || rustix::fs::statvfs(&small.root).unwrap().f_ffree;
+    let before = free_inodes();
+    let freed = made.min(4);
+    for i in 0..freed {
         fs::remove_file(m.join(format!("n{i}"))).unwrap();
     }
+    crate::cli::wait_for("the removed files' inodes to be freed", || {
+        free_inodes() >= before + freed as u64
+    });
     fs::remove_file(m.join("a")).unwrap();
     assert!(!m.join("a").exists());
     fs::create_dir(m.join("newdir")).unwrap();
