@@ -29,12 +29,11 @@ use crate::union::{Attr, Ctx, Union};
 /// The union served through fuser.
 pub struct Adapter {
     union: Union,
+    /// Entry and attribute timeout. Unless it is zero (caching off), cached opens also keep
+    /// the page cache (`FOPEN_KEEP_CACHE`): every change to a file's data comes through this
+    /// mount, so the kernel's page cache of an inode stays right across opens; dropping it at
+    /// each open (the default) made every warm read go through the daemon again.
     ttl: Duration,
-    /// How opens answer: `FOPEN_KEEP_CACHE` unless caching is off (`timeout=0`). Every change
-    /// to a file's data comes through this mount, so the kernel's page cache of an inode stays
-    /// right across opens; dropping it at each open (the default) made every warm read go
-    /// through the daemon again.
-    open_flags: FopenFlags,
     /// Filled by the session once mounted (the notifier only exists then).
     notifier: Arc<OnceLock<Notifier>>,
     /// Passthrough policy and the per-inode open modes.
@@ -50,11 +49,6 @@ impl Adapter {
         Adapter {
             union,
             ttl: cfg.timeout,
-            open_flags: if cfg.timeout.is_zero() {
-                FopenFlags::empty()
-            } else {
-                FopenFlags::FOPEN_KEEP_CACHE
-            },
             notifier: Arc::default(),
             opens: Opens::new(Passthrough::default()),
             daemon_io: Arc::default(),
@@ -85,8 +79,7 @@ impl Adapter {
         fh: u64,
         open_backing: impl FnOnce(&OwnedFd) -> std::io::Result<fuser::BackingId>,
     ) -> OpenMode {
-        let keep_cache = self.open_flags.contains(FopenFlags::FOPEN_KEEP_CACHE);
-        self.opens.open(ino, keep_cache, || {
+        self.opens.open(ino, !self.ttl.is_zero(), || {
             self.union.upper_file(fh).map(|fd| open_backing(&fd))
         })
     }

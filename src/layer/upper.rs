@@ -128,10 +128,7 @@ impl Upper {
         st: &Stat,
         opaque: bool,
     ) -> Result<(), Errno> {
-        let list = sys::path::open_dir_beneath(
-            sys::path::open_at(dir, name, OFlags::RDONLY | OFlags::DIRECTORY, 0)?.as_fd(),
-            Path::new(""),
-        )?;
+        let list = sys::path::open_at(dir, name, OFlags::RDONLY | OFlags::DIRECTORY, 0)?;
         if sys::dir::read_all(list)?.is_empty() {
             return Ok(());
         }
