@@ -79,20 +79,38 @@ pub(crate) enum Op {
 
 /// Runs `f` with this thread's credentials switched to uid/gid 65534 and no supplementary
 /// groups (credentials are per thread for the raw syscalls rustix makes), then switches back.
-/// The saved uid stays 0, so switching back is allowed.
 pub(crate) fn as_nobody<T>(f: impl FnOnce() -> T) -> T {
-    use rustix::process::{Gid, Uid};
-    use rustix::thread::{set_thread_groups, set_thread_res_gid, set_thread_res_uid};
-    let groups = rustix::process::getgroups().unwrap();
-    let (nuid, ngid) = (Uid::from_raw(65534), Gid::from_raw(65534));
-    set_thread_groups(&[]).unwrap();
-    set_thread_res_gid(ngid, ngid, Gid::ROOT).unwrap();
-    set_thread_res_uid(nuid, nuid, Uid::ROOT).unwrap();
-    let r = f();
-    set_thread_res_uid(Uid::ROOT, Uid::ROOT, Uid::ROOT).unwrap();
-    set_thread_res_gid(Gid::ROOT, Gid::ROOT, Gid::ROOT).unwrap();
-    set_thread_groups(&groups).unwrap();
-    r
+    let _nobody = AsUser::new(65534, 65534);
+    f()
+}
+
+/// Per-thread credentials of another user while alive (the FUSE workers keep theirs), no
+/// supplementary groups. The saved uid stays 0, so switching back is allowed.
+pub struct AsUser {
+    groups: Vec<rustix::process::Gid>,
+}
+
+impl AsUser {
+    pub fn new(uid: u32, gid: u32) -> AsUser {
+        use rustix::process::{Gid, Uid};
+        use rustix::thread::{set_thread_groups, set_thread_res_gid, set_thread_res_uid};
+        let groups = rustix::process::getgroups().unwrap();
+        let (u, g) = (Uid::from_raw(uid), Gid::from_raw(gid));
+        set_thread_groups(&[]).unwrap();
+        set_thread_res_gid(g, g, Gid::ROOT).unwrap();
+        set_thread_res_uid(u, u, Uid::ROOT).unwrap();
+        AsUser { groups }
+    }
+}
+
+impl Drop for AsUser {
+    fn drop(&mut self) {
+        use rustix::process::{Gid, Uid};
+        use rustix::thread::{set_thread_groups, set_thread_res_gid, set_thread_res_uid};
+        set_thread_res_uid(Uid::ROOT, Uid::ROOT, Uid::ROOT).unwrap();
+        set_thread_res_gid(Gid::ROOT, Gid::ROOT, Gid::ROOT).unwrap();
+        set_thread_groups(&self.groups).unwrap();
+    }
 }
 
 fn describe(e: io::Error) -> String {

@@ -192,33 +192,7 @@ fn stale_nodes_replaced_by_symlinks_never_reach_outside() {
     out.assert_untouched();
 }
 
-/// Per-thread credentials of another user while alive (the FUSE workers keep theirs).
-pub struct AsUser {
-    groups: Vec<rustix::process::Gid>,
-}
-
-impl AsUser {
-    pub fn new(uid: u32, gid: u32) -> AsUser {
-        use rustix::process::{Gid, Uid};
-        use rustix::thread::{set_thread_groups, set_thread_res_gid, set_thread_res_uid};
-        let groups = rustix::process::getgroups().unwrap();
-        let (u, g) = (Uid::from_raw(uid), Gid::from_raw(gid));
-        set_thread_groups(&[]).unwrap();
-        set_thread_res_gid(g, g, Gid::ROOT).unwrap();
-        set_thread_res_uid(u, u, Uid::ROOT).unwrap();
-        AsUser { groups }
-    }
-}
-
-impl Drop for AsUser {
-    fn drop(&mut self) {
-        use rustix::process::{Gid, Uid};
-        use rustix::thread::{set_thread_groups, set_thread_res_gid, set_thread_res_uid};
-        set_thread_res_uid(Uid::ROOT, Uid::ROOT, Uid::ROOT).unwrap();
-        set_thread_res_gid(Gid::ROOT, Gid::ROOT, Gid::ROOT).unwrap();
-        set_thread_groups(&self.groups).unwrap();
-    }
-}
+pub use crate::script::AsUser;
 
 pub const NOBODY: u32 = 65534;
 
