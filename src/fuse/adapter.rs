@@ -204,11 +204,16 @@ fn set_time(t: Option<TimeOrNow>) -> Option<SetTime> {
     })
 }
 
+/// Every file open says NOFLUSH: `flush` has nothing to do here (writes reach the layer file
+/// before they are answered, and locks are the kernel's own), and skipping it saves a round
+/// trip per close(2).
+const OPEN_FLAGS: FopenFlags = FopenFlags::FOPEN_NOFLUSH;
+
 fn cache_flags(keep_cache: bool) -> FopenFlags {
     if keep_cache {
-        FopenFlags::FOPEN_KEEP_CACHE
+        OPEN_FLAGS | FopenFlags::FOPEN_KEEP_CACHE
     } else {
-        FopenFlags::empty()
+        OPEN_FLAGS
     }
 }
 
@@ -251,7 +256,7 @@ impl Filesystem for Adapter {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let wanted = InitFlags::FUSE_PARALLEL_DIROPS
             | InitFlags::FUSE_DO_READDIRPLUS
-            | InitFlags::FUSE_READDIRPLUS_AUTO
+            | InitFlags::FUSE_POSIX_ACL
             | InitFlags::FUSE_CACHE_SYMLINKS
             | InitFlags::FUSE_ATOMIC_O_TRUNC;
         // Ask for each capability alone: the kernel may lack some, and the rest still help.
@@ -454,9 +459,7 @@ impl Filesystem for Adapter {
             Err(e) => return reply.error(fuse_errno(e)),
         };
         match self.open_mode(ino.0, fh, |fd| reply.open_backing(fd)) {
-            OpenMode::Passthrough(id) => {
-                reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id)
-            }
+            OpenMode::Passthrough(id) => reply.opened_passthrough(FileHandle(fh), OPEN_FLAGS, &id),
             OpenMode::Cached { keep_cache } => {
                 reply.opened(FileHandle(fh), cache_flags(keep_cache))
             }
@@ -718,7 +721,7 @@ impl Filesystem for Adapter {
                 &attr,
                 generation,
                 FileHandle(fh),
-                FopenFlags::empty(),
+                OPEN_FLAGS,
                 &id,
             ),
             OpenMode::Cached { keep_cache } => reply.created(
