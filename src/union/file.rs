@@ -32,6 +32,10 @@ pub(crate) fn open_flags(flags: OFlags) -> OFlags {
 /// `__FMODE_EXEC`: the kernel's mark on the open of a file being executed.
 const FMODE_EXEC: u32 = 0o40;
 
+/// The most `copy_file_range` copies through memory per call when the kernel cannot copy
+/// between the two layer files.
+const COPY_CHUNK: usize = 1 << 20;
+
 fn wants_write(flags: OFlags) -> bool {
     flags.intersects(OFlags::WRONLY | OFlags::RDWR) || flags.contains(OFlags::TRUNC)
 }
@@ -162,6 +166,52 @@ impl Union {
         }
         sys::copy::write_all_at(fd.as_fd(), data, offset)?;
         Ok(data.len())
+    }
+
+    /// copy_file_range(2) between two open files: the kernel copies (or reflinks) the data
+    /// between the layer files itself, so it never passes through the daemon. Where the layer
+    /// files are on different filesystems that cannot copy between them, it copies at most
+    /// [`COPY_CHUNK`] bytes here; a short count is allowed and the caller comes back for more.
+    ///
+    /// Errors: EBADF (unknown handle), ENOSPC, EFBIG, EIO from the layer files.
+    pub fn copy_file_range(
+        &self,
+        fh_in: u64,
+        off_in: u64,
+        fh_out: u64,
+        off_out: u64,
+        len: u64,
+    ) -> Result<usize, Errno> {
+        let h_in = self.handle(fh_in)?;
+        let fd_in = h_in.fd.read();
+        // Within one handle, one lock: a second read could wait behind a queued writer (the
+        // handle following its copy-up) that waits for the first.
+        let h_out;
+        let other;
+        let fd_out = if fh_out == fh_in {
+            &fd_in
+        } else {
+            h_out = self.handle(fh_out)?;
+            other = h_out.fd.read();
+            &other
+        };
+        let len = len.min(u32::MAX as u64) as usize;
+        let (mut oi, mut oo) = (off_in, off_out);
+        match rustix::fs::copy_file_range(&*fd_in, Some(&mut oi), &**fd_out, Some(&mut oo), len) {
+            Err(Errno::XDEV | Errno::INVAL | Errno::OPNOTSUPP | Errno::NOSYS) => {}
+            r => return r,
+        }
+        let mut buf = vec![0u8; len.min(COPY_CHUNK)];
+        let mut done = 0;
+        while done < buf.len() {
+            let n = rustix::io::pread(&*fd_in, &mut buf[done..], off_in + done as u64)?;
+            if n == 0 {
+                break;
+            }
+            done += n;
+        }
+        sys::copy::write_all_at(fd_out.as_fd(), &buf[..done], off_out)?;
+        Ok(done)
     }
 
     /// Flush on close(2): nothing is buffered here; report errors of the backing file.

@@ -1064,3 +1064,35 @@ fn reused_inode_number_is_a_new_object() {
         eprintln!("note: the upper filesystem never reused an inode number here");
     }
 }
+
+/// copy_file_range(2) within the mount (what `cp` and dpkg call): from a lower file to a new
+/// file, and from that upper file on into a third, with the bytes intact and the lower
+/// untouched.
+#[test]
+fn copy_file_range_through_the_mount() {
+    if !fuse_available() {
+        return;
+    }
+    let s = Stack::new(&["F big 3145728"]);
+    let lower = fs::read(s.lowers[0].join("big")).unwrap();
+    let m = UnionMount::mount(s);
+    let copy = |from: &str, to: &str| {
+        let src = File::open(m.path(from)).unwrap();
+        let dst = File::create(m.path(to)).unwrap();
+        let mut done = 0;
+        loop {
+            match rustix::fs::copy_file_range(&src, None, &dst, None, 1 << 30).unwrap() {
+                0 => break,
+                n => done += n,
+            }
+        }
+        done
+    };
+    assert_eq!(copy("big", "one"), lower.len());
+    assert_eq!(copy("one", "two"), lower.len());
+    for name in ["one", "two"] {
+        assert!(fs::read(m.path(name)).unwrap() == lower, "{name} differs");
+    }
+    assert!(fs::read(m.stack.lowers[0].join("big")).unwrap() == lower);
+    assert!(!m.stack.lowers[0].join("one").exists());
+}
