@@ -728,3 +728,17 @@ fn read_handle_follows_copy_up_when_name_goes_away() {
     u.release(fa);
     u.release(fb);
 }
+
+/// Layer tools (`layer_tools`, `diff --lowers` looks below through a read-only union): in a
+/// union without an upper, xattr whiteouts in the top lower's subdirectories were ignored (the
+/// engine took layer 0 for the upper, where the kernel ignores them), so a name they hide
+/// showed; at the root they worked.
+#[test]
+fn xattr_whiteouts_in_the_top_lower_of_a_read_only_union() {
+    let s = Stack::new(&["d i\nX i/v\nX w", "f i/v v\nf i/u u\nf w w"]);
+    let cfg = unionmount::config::Config::new(s.lowers.clone(), None, None);
+    let u = unionmount::union::Union::new(&cfg).unwrap();
+    assert_eq!(ls(&u, ""), ["i"]);
+    assert_eq!(ls(&u, "i"), ["u"]);
+    assert_eq!(err(at(&u, "i/v")), Errno::NOENT);
+}
