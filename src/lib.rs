@@ -12,6 +12,7 @@
 //! - `union`: the engine, every operation of the merged view, FUSE-free and testable in-process.
 //! - `fuse`: the only module that imports fuser: the adapter and the mount session.
 //! - `cli`, `config`, `setup`: command line, plain configuration, mount-time validation.
+//! - `tools`: the layer tools `diff`, `export`, `apply`, `check` (subcommands of the binary).
 //! - `layout`: layer stacks for tests, built from a compact text description, opened in-process
 //!   or mounted, and dumped as text (see its example).
 //!
@@ -31,4 +32,5 @@ pub mod layout;
 pub mod node;
 pub mod setup;
 pub mod sys;
+pub mod tools;
 pub mod union;
