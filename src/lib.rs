@@ -13,8 +13,9 @@
 //! - `fuse`: the only module that imports fuser: the adapter and the mount session.
 //! - `cli`, `config`, `setup`: command line, plain configuration, mount-time validation.
 //! - `tools`: the layer tools `diff`, `export`, `apply`, `check` (subcommands of the binary).
-//! - `layout`: layer stacks for tests, built from a compact text description, opened in-process
-//!   or mounted, and dumped as text (see its example).
+//! - [`layout`]: layer stacks for tests of layer semantics, built from a compact text
+//!   description, opened in-process or mounted through FUSE, and dumped as text (see its
+//!   example).
 //!
 //! Invariants held across modules: lowers are never written; every object that appears in the
 //! upper appears complete (built in the workdir, renamed into place); private overlay xattrs

@@ -4,8 +4,9 @@
 //! the engine reads (`scan`, built on `format` and `layer`), look below it through the engine
 //! itself (`below`), and write only the kernel's format. The binary dispatches here when its
 //! first argument is a tool name, before the mount parser runs; a lower directory literally
-//! named like a tool is then written `./diff`. Exit codes: 0 success (for `check`: no
-//! problem remains), 1 failure (for `check`: problems remain), 2 usage error.
+//! named like a tool is then written `./diff`. Exit codes: 0 success, 1 failure, 2 usage
+//! error; `check` is like diff(1): 0 no problem remains, 1 problems remain, 2 it could not
+//! check (usage, unreadable layers, a layer in use).
 
 pub mod apply;
 pub mod below;
@@ -147,9 +148,16 @@ fn run(tool: Tool) -> Result<ExitCode, String> {
             dir,
             userxattr,
         } => {
+            let made = !dir.exists();
             std::fs::create_dir_all(&dir)
                 .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-            apply::apply(&layer, &dir, namespace(userxattr))?;
+            if let Err(e) = apply::apply(&layer, &dir, namespace(userxattr)) {
+                if made {
+                    // Refused before anything was written: leave no trace (fails if not empty).
+                    let _ = std::fs::remove_dir(&dir);
+                }
+                return Err(e);
+            }
         }
         Tool::Check {
             upper,
@@ -163,12 +171,26 @@ fn run(tool: Tool) -> Result<ExitCode, String> {
                 lowers: l.as_deref(),
                 ns: namespace(userxattr),
             };
-            let mut problems = check::check(&upper, &workdir, &o)?;
+            let trouble = |msg: String| {
+                eprintln!("unionmount check: {msg}");
+                ExitCode::from(2)
+            };
+            let mut problems = match check::check(&upper, &workdir, &o) {
+                Ok(p) => p,
+                Err(msg) => return Ok(trouble(msg)),
+            };
             if repair {
-                for (p, e) in check::repair(&upper, &workdir, o.ns, problems)? {
+                let failed = match check::repair(&upper, &workdir, o.ns, problems) {
+                    Ok(f) => f,
+                    Err(msg) => return Ok(trouble(msg)),
+                };
+                for (p, e) in failed {
                     eprintln!("cannot fix {} {}: {e}", p.what, p.place);
                 }
-                problems = check::check(&upper, &workdir, &o)?;
+                problems = match check::check(&upper, &workdir, &o) {
+                    Ok(p) => p,
+                    Err(msg) => return Ok(trouble(msg)),
+                };
             }
             for p in &problems {
                 println!("PROBLEM: {} {}", p.what, p.place);

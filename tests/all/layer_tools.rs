@@ -281,6 +281,8 @@ fn umoci() -> bool {
     }
     let apt = |args: &[&str]| {
         std::process::Command::new("apt-get")
+            // Other sessions may be installing too: wait for dpkg's lock instead of failing.
+            .args(["-o", "DPkg::Lock::Timeout=300"])
             .args(args)
             .env("DEBIAN_FRONTEND", "noninteractive")
             .output()
@@ -457,7 +459,7 @@ fn check_refuses_a_layer_in_use() {
         &s.mnt,
     );
     let out = run(&[&"check", &s.upper, &s.work, &"--repair"]);
-    assert_eq!(out.status.code(), Some(1), "{}", show(&[], &out));
+    assert_eq!(out.status.code(), Some(2), "{}", show(&[], &out));
     assert!(String::from_utf8_lossy(&out.stderr).contains("in use"));
     assert!(s.upper.join(".wh.a").exists(), "a live upper was repaired");
 }
@@ -473,4 +475,27 @@ fn tool_names_come_before_lower_names() {
         help.contains("./diff"),
         "--help does not say how to name a lower `diff`"
     );
+}
+
+#[test]
+fn library_layers_mount_through_fuse_and_dump_like_the_engine() {
+    if !crate::mounted::fuse_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir_in(crate::fixture::test_root()).unwrap();
+    let layers = unionmount::layout::Layers::create(tmp.path(), &[LOWER], UPPER).unwrap();
+    let view = dump_union(&layers.union().unwrap()).unwrap();
+    let mnt = tmp.path().join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    let session = layers
+        .mount(&mnt, &crate::mounted::test_mount_options())
+        .unwrap();
+    let mounted = dump(&mnt);
+    if let Err(e) = session.umount_and_join() {
+        // Busy while a fork of another test's thread briefly holds our fds: detach.
+        eprintln!("unmounting {}: {e}; detaching", mnt.display());
+        crate::mounted::detach(&mnt);
+    }
+    assert_eq!(mounted, view);
+    assert!(view.contains("d/new f 1"), "{view}");
 }

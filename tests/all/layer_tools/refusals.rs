@@ -142,6 +142,11 @@ fn apply_refuses_malformed_entries_and_leaves_everything_unchanged() {
             "{what}: something outside changed"
         );
     }
+    // A target directory that did not exist is not left behind by a refusal.
+    let fresh = tmp.path().join("fresh");
+    let out = run(&[&"apply", &tmp.path().join("layer.tar"), &fresh]);
+    assert_eq!(out.status.code(), Some(1), "{}", show(&[], &out));
+    assert!(!fresh.exists(), "a refused apply created its target");
 }
 
 #[test]
