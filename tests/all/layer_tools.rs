@@ -1,7 +1,10 @@
 //! The layer tools end to end, through the binary: `apply` of crafted OCI layers then kernel
-//! overlayfs over the result, every refusal of a malformed entry, `export` (reproducible, round
-//! trip through `apply`, read by umoci and GNU tar, of an upper written by a real mount
-//! session), `diff` and `check --repair` on uppers holding every marker format.
+//! overlayfs over the result, every refusal of a malformed entry (`refusals`), `export`
+//! (reproducible, round trip through `apply`, read by umoci and GNU tar, of an upper written by
+//! a real mount session), `diff` and `check --repair` on uppers holding every marker format,
+//! and the library's `layout` mount helper. All of it takes about a second; the umoci test
+//! installs umoci with apt-get when it is missing (skipped with a reason if that fails, a
+//! failure when `CI` is set).
 //!
 //! Views are compared as `layout` dumps: unionmount's in-process (`dump_union`), kernel
 //! overlayfs's through a mount. Where they differ on purpose (unionmount reads AUFS and
