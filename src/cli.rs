@@ -75,7 +75,10 @@ Examples:
   fusermount3 -u merged        (or, as root: umount merged)
 
 Without --workdir, the workdir is a hidden sibling of the upper, `.<UPPER name>.unionmount-work`,
-so the upper stays clean and can later be mounted by kernel overlayfs.";
+so the upper stays clean and can later be mounted by kernel overlayfs.
+
+Layer tools (see `unionmount TOOL --help`): unionmount diff | export | apply | check ...
+A lower directory named like a tool must then be written with a path: ./diff, not diff.";
 
 #[derive(Parser, Debug)]
 #[command(

@@ -12,6 +12,10 @@
 //! - `union`: the engine, every operation of the merged view, FUSE-free and testable in-process.
 //! - `fuse`: the only module that imports fuser: the adapter and the mount session.
 //! - `cli`, `config`, `setup`: command line, plain configuration, mount-time validation.
+//! - `tools`: the layer tools `diff`, `export`, `apply`, `check` (subcommands of the binary).
+//! - [`layout`]: layer stacks for tests of layer semantics, built from a compact text
+//!   description, opened in-process or mounted through FUSE, and dumped as text (see its
+//!   example).
 //!
 //! Invariants held across modules: lowers are never written; every object that appears in the
 //! upper appears complete (built in the workdir, renamed into place); private overlay xattrs
@@ -25,7 +29,9 @@ pub mod config;
 pub mod format;
 pub mod fuse;
 pub mod layer;
+pub mod layout;
 pub mod node;
 pub mod setup;
 pub mod sys;
+pub mod tools;
 pub mod union;

@@ -30,6 +30,10 @@ const READY: &str = "ready";
 
 fn main() -> ExitCode {
     ensure_std_fds();
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if let Some(code) = unionmount::tools::dispatch(&args) {
+        return code;
+    }
     let opts = cli::parse();
     init_logger(opts.debug);
     if !opts.foreground {

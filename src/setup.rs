@@ -255,7 +255,7 @@ fn create_default_workdir(w: &Path) -> Result<(), SetupError> {
 }
 
 /// Opens `dir` and takes a non-blocking exclusive flock on it.
-fn lock_dir(dir: &Path, what: &str) -> Result<OwnedFd, SetupError> {
+pub fn lock_dir(dir: &Path, what: &str) -> Result<OwnedFd, SetupError> {
     let fd = rustix::fs::open(
         dir,
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,

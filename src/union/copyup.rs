@@ -190,6 +190,9 @@ impl Union {
     fn place(&self, node: &Node, path: &Path, staged: Staged) -> Result<(), Errno> {
         let up = self.upper()?;
         let placed = self.open_parent(0, path).and_then(|(dst_dir, name)| {
+            // A copy-up is no change of the parent directory: like the kernel, put its times
+            // back once the copy is in (best effort; the parent's own stat never fails here).
+            let parent_times = sys::path::fstat(&dst_dir).ok().map(|st| times_of(&st));
             rustix::fs::renameat_with(
                 &up.work,
                 &staged.tmp,
@@ -197,7 +200,12 @@ impl Union {
                 name,
                 RenameFlags::NOREPLACE,
             )
-            .map(|()| (dst_dir, name))
+            .map(|()| {
+                if let Some(t) = parent_times {
+                    let _ = rustix::fs::futimens(&dst_dir, &t);
+                }
+                (dst_dir, name)
+            })
         });
         let (dst_dir, name) = match placed {
             Ok(p) => p,
@@ -265,21 +273,25 @@ impl Union {
         if kind != FileType::Symlink {
             rustix::fs::chmodat(work, tmp, mode, AtFlags::empty())?;
         }
-        let times = Timestamps {
-            last_access: rustix::fs::Timespec {
-                tv_sec: st.st_atime,
-                tv_nsec: st.st_atime_nsec as _,
-            },
-            last_modification: rustix::fs::Timespec {
-                tv_sec: st.st_mtime,
-                tv_nsec: st.st_mtime_nsec as _,
-            },
-        };
-        rustix::fs::utimensat(work, tmp, &times, AtFlags::SYMLINK_NOFOLLOW)?;
+        rustix::fs::utimensat(work, tmp, &times_of(st), AtFlags::SYMLINK_NOFOLLOW)?;
         if let Some(f) = file.filter(|_| data && st.st_size > 0) {
             rustix::fs::fsync(&f)?;
         }
         Ok(())
+    }
+}
+
+/// The atime and mtime of `st`, to set on a copy.
+fn times_of(st: &Stat) -> Timestamps {
+    Timestamps {
+        last_access: rustix::fs::Timespec {
+            tv_sec: st.st_atime,
+            tv_nsec: st.st_atime_nsec as _,
+        },
+        last_modification: rustix::fs::Timespec {
+            tv_sec: st.st_mtime,
+            tv_nsec: st.st_mtime_nsec as _,
+        },
     }
 }
 

@@ -140,7 +140,8 @@ impl Union {
             }
             Err(e) => return Err(e),
         };
-        if m.xwhiteouts && layer != 0 {
+        // Xattr whiteouts count in lowers only; layer 0 is a lower when there is no upper.
+        if m.xwhiteouts && layer >= self.lower_start() {
             node.xwhiteouts.push(layer);
         }
         Ok(m.opaque)

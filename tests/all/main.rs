@@ -6,6 +6,7 @@ mod faults;
 mod fixture;
 mod formats;
 mod fuzz_corpus;
+mod layer_tools;
 mod memory;
 mod model;
 mod mount;

@@ -728,3 +728,56 @@ fn read_handle_follows_copy_up_when_name_goes_away() {
     u.release(fa);
     u.release(fb);
 }
+
+/// Layer tools (`layer_tools`, `diff --lowers` looks below through a read-only union): in a
+/// union without an upper, xattr whiteouts in the top lower's subdirectories were ignored (the
+/// engine took layer 0 for the upper, where the kernel ignores them), so a name they hide
+/// showed; at the root they worked.
+#[test]
+fn xattr_whiteouts_in_the_top_lower_of_a_read_only_union() {
+    let s = Stack::new(&["d i\nX i/v\nX w", "f i/v v\nf i/u u\nf w w"]);
+    let cfg = unionmount::config::Config::new(s.lowers.clone(), None, None);
+    let u = unionmount::union::Union::new(&cfg).unwrap();
+    assert_eq!(ls(&u, ""), ["i"]);
+    assert_eq!(ls(&u, "i"), ["u"]);
+    assert_eq!(err(at(&u, "i/v")), Errno::NOENT);
+}
+
+/// Layer tools (`layer_tools`: `diff --lowers` of an upper from a mount session listed a
+/// directory only copied up to hold a changed child): copying a file up changed its parent
+/// directory's mtime, because the copy lands in the parent's upper copy; kernel overlayfs
+/// restores the parent's times after a copy-up, which is not a change of the directory.
+#[test]
+fn copy_up_keeps_the_parent_directory_times() {
+    let s = Stack::new(&["d e\nf e/y y\nd e/sub\nf e/sub/z z"]);
+    let old = rustix::fs::Timespec {
+        tv_sec: 1000,
+        tv_nsec: 0,
+    };
+    let times = rustix::fs::Timestamps {
+        last_access: old,
+        last_modification: old,
+    };
+    for d in ["e", "e/sub"] {
+        let p = s.lowers[0].join(d);
+        rustix::fs::utimensat(rustix::fs::CWD, &p, &times, rustix::fs::AtFlags::empty()).unwrap();
+    }
+    let u = s.union();
+    let chmod = SetAttr {
+        mode: Some(0o600),
+        ..SetAttr::default()
+    };
+    u.setattr(&ctx(), ino(&u, "e/y"), &chmod).unwrap();
+    // A nested copy-up: e/sub is copied up as the parent of e/sub/z, then z into it.
+    u.setattr(&ctx(), ino(&u, "e/sub/z"), &chmod).unwrap();
+    for d in ["e", "e/sub"] {
+        let st = at(&u, d).unwrap().st;
+        assert_eq!(
+            (st.st_mtime, st.st_mtime_nsec),
+            (1000, 0),
+            "{d} mtime changed"
+        );
+        let up = fs::metadata(s.upper.join(d)).unwrap();
+        assert_eq!(up.mtime(), 1000, "{d} in the upper");
+    }
+}
