@@ -201,8 +201,18 @@ fn writes_that_fill_the_upper_give_enospc_and_keep_their_prefix() {
     assert!(!small.upper.join("later").exists());
     assert_eq!(small.staged(), Vec::<String>::new());
 
-    // Freeing the space makes it succeed.
+    // Freeing the space makes it succeed, once the upper file is really gone: FUSE sends the
+    // RELEASE of the closed handles and the FORGET of the removed inode asynchronously, and
+    // until they arrive unionmount holds the file (kernel overlayfs frees it at unlink).
+    let used = || {
+        let st = rustix::fs::statvfs(&small.root).unwrap();
+        st.f_blocks - st.f_bfree
+    };
+    let full = used();
     fs::remove_file(m.join("fill")).unwrap();
+    crate::cli::wait_for("the removed file's blocks to be freed", || {
+        used() + (written as u64 / 2) / 4096 < full
+    });
     let mut later = fs::OpenOptions::new()
         .append(true)
         .open(m.join("later"))
