@@ -45,7 +45,7 @@ const AFTER_HELP: &str = "\
 Mount options (-o, comma-separated, repeatable; the last of two opposites wins):
   userxattr              keep overlay markers in user.overlay.* instead of trusted.overlay.*
                          (always on when not run as root: trusted.* needs CAP_SYS_ADMIN)
-  timeout=SECONDS        how long the kernel caches entries and attributes (default 1;
+  timeout=SECONDS        how long the kernel caches entries and attributes (default 60;
                          0 = no caching, for lowers edited under a live mount)
   noallow_other          only the mounting user may access the mount
   nodefault_permissions  do not let the kernel check permissions from the mode bits
