@@ -5,7 +5,8 @@
 //! mode, times) and renamed into place with RENAME_NOREPLACE: a crash at any point leaves either
 //! the lower version or the complete copy visible, and a leftover temporary only in the
 //! workdir, which the next mount clears. Regular files are fsync'ed before the rename, as the
-//! kernel does, so a power loss cannot make an empty copy visible.
+//! kernel does, so a power loss cannot make an empty copy visible (not on a `volatile` mount,
+//! which, like the kernel's, trades that for speed).
 
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -276,7 +277,7 @@ impl Union {
             },
         };
         rustix::fs::utimensat(work, tmp, &times, AtFlags::SYMLINK_NOFOLLOW)?;
-        if let Some(f) = file.filter(|_| data && st.st_size > 0) {
+        if let Some(f) = file.filter(|_| data && st.st_size > 0 && !self.volatile) {
             rustix::fs::fsync(&f)?;
         }
         Ok(())

@@ -450,7 +450,10 @@ fn refuses_too_few_arguments() {
     let out = run(&[&"/tmp"]);
     assert!(!out.status.success(), "{out:?}");
     let msg = stderr(&out);
-    assert!(msg.contains("required") && msg.contains("Usage"), "{msg}");
+    assert!(
+        msg.contains("missing MOUNTPOINT") && msg.contains("Usage"),
+        "{msg}"
+    );
 }
 
 #[test]
