@@ -61,7 +61,7 @@ fn unescape(s: &str) -> String {
 }
 
 /// The /proc/self/mountinfo line whose mount point is `mnt` (the last one if stacked).
-fn mountinfo_line(mnt: &Path) -> Option<String> {
+pub(crate) fn mountinfo_line(mnt: &Path) -> Option<String> {
     let info = fs::read_to_string("/proc/self/mountinfo").expect("read /proc/self/mountinfo");
     info.lines()
         .rev()
@@ -113,7 +113,15 @@ impl Drop for Foreground {
 /// Runs the binary with `args`, capturing its output through pipes (so a daemon that kept
 /// them open would hang this, which is a bug); panics if it has not exited within [`TIMEOUT`].
 pub(crate) fn run(args: &[&dyn AsRef<std::ffi::OsStr>]) -> Output {
+    run_in(None, args)
+}
+
+/// [`run`] with `cwd` as the current directory (`None`: ours).
+pub(crate) fn run_in(cwd: Option<&Path>, args: &[&dyn AsRef<std::ffi::OsStr>]) -> Output {
     let mut cmd = Command::new(BIN);
+    if let Some(dir) = cwd {
+        cmd.current_dir(dir);
+    }
     for a in args {
         cmd.arg(a);
     }
@@ -148,14 +156,23 @@ fn debug_args(args: &[&dyn AsRef<std::ffi::OsStr>]) -> Vec<String> {
         .collect()
 }
 
-fn stderr(out: &Output) -> String {
+pub(crate) fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 /// Mounts with the daemonizing form and checks it reported success; the guard unmounts.
 pub(crate) fn mount(args: &[&dyn AsRef<std::ffi::OsStr>], mnt: &Path) -> MountGuard {
+    mount_in(None, args, mnt)
+}
+
+/// [`mount`] run in the directory `cwd` (`None`: ours).
+pub(crate) fn mount_in(
+    cwd: Option<&Path>,
+    args: &[&dyn AsRef<std::ffi::OsStr>],
+    mnt: &Path,
+) -> MountGuard {
     let guard = MountGuard(mnt.to_path_buf());
-    let out = run(args);
+    let out = run_in(cwd, args);
     assert!(
         out.status.success(),
         "mount {:?} failed: {out:?}\nstderr: {}",

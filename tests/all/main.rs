@@ -9,6 +9,7 @@ mod fuzz_corpus;
 mod memory;
 mod model;
 mod mount;
+mod mount_program;
 mod mounted;
 mod ops;
 mod oracle;
