@@ -129,7 +129,9 @@ impl Union {
         self.ensure_upper_dir(alias.parent().ok_or(Errno::INVAL)?)?;
         let (src_dir, src_name) = self.open_parent(0, path)?;
         let (dst_dir, dst_name) = self.open_parent(0, alias)?;
-        rustix::fs::linkat(&src_dir, src_name, &dst_dir, dst_name, AtFlags::empty())
+        keeping_times(&dst_dir, || {
+            rustix::fs::linkat(&src_dir, src_name, &dst_dir, dst_name, AtFlags::empty())
+        })
     }
 
     /// Makes every directory of union path `dir` exist in the upper, topmost first.
@@ -191,13 +193,15 @@ impl Union {
     fn place(&self, node: &Node, path: &Path, staged: Staged) -> Result<(), Errno> {
         let up = self.upper()?;
         let placed = self.open_parent(0, path).and_then(|(dst_dir, name)| {
-            rustix::fs::renameat_with(
-                &up.work,
-                &staged.tmp,
-                &dst_dir,
-                name,
-                RenameFlags::NOREPLACE,
-            )
+            keeping_times(&dst_dir, || {
+                rustix::fs::renameat_with(
+                    &up.work,
+                    &staged.tmp,
+                    &dst_dir,
+                    name,
+                    RenameFlags::NOREPLACE,
+                )
+            })
             .map(|()| (dst_dir, name))
         });
         let (dst_dir, name) = match placed {
@@ -266,21 +270,41 @@ impl Union {
         if kind != FileType::Symlink {
             rustix::fs::chmodat(work, tmp, mode, AtFlags::empty())?;
         }
-        let times = Timestamps {
-            last_access: rustix::fs::Timespec {
-                tv_sec: st.st_atime,
-                tv_nsec: st.st_atime_nsec as _,
-            },
-            last_modification: rustix::fs::Timespec {
-                tv_sec: st.st_mtime,
-                tv_nsec: st.st_mtime_nsec as _,
-            },
-        };
-        rustix::fs::utimensat(work, tmp, &times, AtFlags::SYMLINK_NOFOLLOW)?;
+        rustix::fs::utimensat(work, tmp, &times_of(st), AtFlags::SYMLINK_NOFOLLOW)?;
         if let Some(f) = file.filter(|_| data && st.st_size > 0 && !self.volatile) {
             rustix::fs::fsync(&f)?;
         }
         Ok(())
+    }
+}
+
+/// Runs `f`, which adds a copied-up entry to the upper directory `dir`, and gives `dir` back
+/// the access and modification times it had: a copy-up changes nothing in the union's
+/// namespace, and the kernel's copy-up keeps the parent's times too (otherwise a directory
+/// would show as modified whenever a child is copied up, and podman's layer diffs list it).
+fn keeping_times(dir: &OwnedFd, f: impl FnOnce() -> Result<(), Errno>) -> Result<(), Errno> {
+    let before = sys::path::fstat(dir.as_fd());
+    f()?;
+    if let Ok(st) = before
+        && let Err(e) = rustix::fs::futimens(dir, &times_of(&st))
+    {
+        // Only the directory's times are off; the copy-up itself is complete.
+        log::debug!("copy-up: cannot restore a parent directory's times: {e}");
+    }
+    Ok(())
+}
+
+/// The access and modification times of `st`, to set on a copy.
+fn times_of(st: &Stat) -> Timestamps {
+    Timestamps {
+        last_access: rustix::fs::Timespec {
+            tv_sec: st.st_atime,
+            tv_nsec: st.st_atime_nsec as _,
+        },
+        last_modification: rustix::fs::Timespec {
+            tv_sec: st.st_mtime,
+            tv_nsec: st.st_mtime_nsec as _,
+        },
     }
 }
 
