@@ -125,27 +125,33 @@ pub(crate) fn run_in(cwd: Option<&Path>, args: &[&dyn AsRef<std::ffi::OsStr>]) -
     for a in args {
         cmd.arg(a);
     }
+    output_within(&mut cmd, TIMEOUT)
+        .unwrap_or_else(|why| panic!("unionmount {:?} {why}", debug_args(args)))
+}
+
+/// Runs `cmd` with stdin from /dev/null, capturing stdout and stderr; kills it and returns
+/// why if it has not exited (and closed its output) within `limit`.
+pub(crate) fn output_within(cmd: &mut Command, limit: Duration) -> Result<Output, String> {
     let child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("spawn unionmount");
+        .map_err(|e| format!("could not be started: {e}"))?;
     let pid = child.id();
     let (tx, rx) = mpsc::channel();
     thread::spawn(move || {
         let _ = tx.send(child.wait_with_output());
     });
-    match rx.recv_timeout(TIMEOUT) {
-        Ok(out) => out.expect("wait for unionmount"),
+    match rx.recv_timeout(limit) {
+        Ok(out) => out.map_err(|e| format!("could not be waited for: {e}")),
         Err(_) => {
             if let Some(p) = Pid::from_raw(pid as i32) {
                 let _ = rustix::process::kill_process(p, Signal::KILL);
             }
-            panic!(
-                "unionmount {:?} did not exit (or close its output) within {TIMEOUT:?}",
-                debug_args(args)
-            );
+            Err(format!(
+                "did not exit (or close its output) within {limit:?}"
+            ))
         }
     }
 }
