@@ -14,6 +14,7 @@ mod mounted;
 mod ops;
 mod oracle;
 mod passthrough;
+mod podman;
 mod posix;
 mod random;
 mod regression;
