@@ -171,11 +171,25 @@ fn on_path(tool: &str) -> bool {
         .any(|d| d.join(tool).is_file())
 }
 
-/// Makes sure podman, runc and debootstrap are installed, with apt-get if needed. False
-/// (after saying why) if they cannot be.
+/// Debian's archive key, which debootstrap needs to check what it downloads.
+const DEBIAN_KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
+
+/// Makes sure podman and runc are installed, and debootstrap with Debian's archive key when
+/// the rootfs is not cached yet; with apt-get if needed. False (after saying why) if they
+/// cannot be.
 fn ensure_tools() -> bool {
-    let want = ["podman", "runc", "debootstrap"];
-    let missing: Vec<&str> = want.iter().copied().filter(|t| !on_path(t)).collect();
+    let mut missing: Vec<&str> = ["podman", "runc"]
+        .into_iter()
+        .filter(|t| !on_path(t))
+        .collect();
+    if !rootfs_cache().is_file() {
+        if !on_path("debootstrap") {
+            missing.push("debootstrap");
+        }
+        if !Path::new(DEBIAN_KEYRING).is_file() {
+            missing.push("debian-archive-keyring");
+        }
+    }
     if missing.is_empty() {
         return true;
     }
@@ -188,18 +202,16 @@ fn ensure_tools() -> bool {
     eprintln!("podman test: installing {missing:?} with apt-get");
     for args in [
         &["update"][..],
-        &[
-            "install",
-            "-y",
-            "--no-install-recommends",
-            "podman",
-            "runc",
-            "debootstrap",
-        ],
+        &["install", "-y", "--no-install-recommends"][..],
     ] {
+        let args: Vec<&str> = if args[0] == "install" {
+            args.iter().chain(&missing).copied().collect()
+        } else {
+            args.to_vec()
+        };
         let out = output_within(
             Command::new("apt-get")
-                .args(args)
+                .args(&args)
                 .env("DEBIAN_FRONTEND", "noninteractive"),
             LIMIT,
         );
@@ -221,15 +233,21 @@ fn ensure_tools() -> bool {
     true
 }
 
+/// Where the rootfs tar is cached.
+fn rootfs_cache() -> PathBuf {
+    std::env::var_os("UNIONMOUNT_PODMAN_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/tmp/unionmount-podman"))
+        .join("bookworm-minbase.tar")
+}
+
 /// The cached minimal Debian rootfs as a tar, made with debootstrap when missing. An
 /// exclusive lock on the cache directory keeps two runs from building it at once.
 fn base_rootfs_tar() -> PathBuf {
-    let cache = std::env::var_os("UNIONMOUNT_PODMAN_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/tmp/unionmount-podman"));
-    fs::create_dir_all(&cache).unwrap();
-    let tar = cache.join("bookworm-minbase.tar");
-    let lock = fs::File::open(&cache).unwrap();
+    let tar = rootfs_cache();
+    let cache = tar.parent().unwrap();
+    fs::create_dir_all(cache).unwrap();
+    let lock = fs::File::open(cache).unwrap();
     rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive).unwrap();
     if tar.is_file() {
         return tar;
