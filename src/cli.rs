@@ -1,24 +1,34 @@
 //! Command-line parsing: turns `argv` into [`Options`], the plain data that `setup` validates
 //! and the daemon serves.
 //!
-//! Two forms, told apart by the number of positional arguments, like kernel overlayfs's
-//! "with or without upperdir": `LOWERS UPPER MOUNTPOINT` is a read-write union, `LOWERS
-//! MOUNTPOINT` a read-only one. `LOWERS` lists directories top first, separated by `:`, with
-//! kernel overlayfs's escaping (`\:` for a colon inside a path, `\\` for a backslash).
-//! Invariants of the result: `config.lowers` is non-empty; `config.upper.is_none()` exactly when
-//! `mount.read_only`; `config.workdir` is only ever `Some` together with an upper (its default
-//! is filled in later by `setup`, which does the I/O). Nothing here touches the layers; the only
-//! I/O is reading the effective uid and /etc/fuse.conf to choose privilege-dependent defaults.
+//! Three forms. Two take the layers as arguments and are told apart by their number, like
+//! kernel overlayfs's "with or without upperdir": `LOWERS UPPER MOUNTPOINT` is a read-write
+//! union, `LOWERS MOUNTPOINT` a read-only one. The third takes them as kernel overlayfs's mount
+//! options, `-o lowerdir=LOWERS[,upperdir=U,workdir=W] [SOURCE] MOUNTPOINT`: what
+//! containers/storage runs as a `mount_program`, and what mount.fuse3 runs for `mount -t
+//! fuse.unionmount SOURCE MOUNTPOINT -o ...` (an fstab line), where SOURCE is ignored. `LOWERS`
+//! lists directories top first, separated by `:`, with kernel overlayfs's escaping (`\:` for a
+//! colon inside a path, `\\` for a backslash). Relative paths are made absolute against the
+//! current directory here, before anything else runs, because container engines pass paths
+//! relative to their storage directory.
+//!
+//! Invariants of the result: every path is absolute; `config.lowers` is non-empty;
+//! `config.upper.is_none()` exactly when `mount.read_only`; `config.workdir` is only ever `Some`
+//! together with an upper (its default is filled in later by `setup`, which does the I/O).
+//! Nothing here touches the layers; the only I/O is reading the current directory, the
+//! effective uid and /etc/fuse.conf to choose privilege-dependent defaults.
+
+mod options;
 
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::path::PathBuf;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
 
 use clap::error::ErrorKind;
 use clap::{ArgAction, CommandFactory, Parser};
 
 use crate::config::{Config, MountOptions, Passthrough, XattrNamespace};
+use options::{MountOpts, parse_mount_options};
 
 /// Everything the binary needs, parsed from the command line.
 #[derive(Clone, Debug)]
@@ -27,7 +37,7 @@ pub struct Options {
     pub config: Config,
     /// How it is mounted.
     pub mount: MountOptions,
-    /// Where it is mounted (not yet canonicalised).
+    /// Where it is mounted (absolute, not yet canonicalised).
     pub mountpoint: PathBuf,
     /// Stay in the foreground instead of returning once mounted (`-f`).
     pub foreground: bool,
@@ -39,24 +49,37 @@ pub struct Options {
 }
 
 const USAGE: &str = "unionmount [OPTIONS] LOWER1[:LOWER2...] UPPER MOUNTPOINT\n       \
-                     unionmount [OPTIONS] LOWER1[:LOWER2...] MOUNTPOINT";
+                     unionmount [OPTIONS] LOWER1[:LOWER2...] MOUNTPOINT\n       \
+                     unionmount [OPTIONS] -o lowerdir=LOWER1[:LOWER2...][,upperdir=UPPER,workdir=WORK] [SOURCE] MOUNTPOINT";
 
 const AFTER_HELP: &str = "\
 Mount options (-o, comma-separated, repeatable; the last of two opposites wins):
+  lowerdir=L1[:L2...]    the lower directories, top first (instead of the LOWERS argument)
+  upperdir=DIR           with lowerdir=: the upper directory (without it: read-only union)
+  workdir=DIR            with upperdir=: the workdir (like --workdir)
   userxattr              keep overlay markers in user.overlay.* instead of trusted.overlay.*
                          (always on when not run as root: trusted.* needs CAP_SYS_ADMIN)
   timeout=SECONDS        how long the kernel caches entries and attributes (default 60;
                          0 = no caching, for lowers edited under a live mount)
+  volatile               never sync the upper: fsync/fdatasync/syncfs through the union and
+                         the sync before a copy-up is renamed into place are skipped (a crash
+                         may then lose or truncate recent changes; for throw-away containers)
   noallow_other          only the mounting user may access the mount
   nodefault_permissions  do not let the kernel check permissions from the mode bits
-  nosuid, nodev          ignore set-user-id bits / device files (default when not root)
+  nosuid, nodev, noexec  ignore set-user-id bits / device files / execute permission
+                         (nosuid and nodev are the default when not root)
   ro                     mount read-only; an UPPER then becomes the topmost lower layer
   fsname=NAME            the source shown in /proc/mounts (default: unionmount)
   passthrough=on|off|auto
                          let the kernel read and write open upper files directly (Linux 6.9+,
                          root only); auto (default) falls back when refused, on fails the mount
-  allow_other, default_permissions, suid, dev, rw
+  allow_other, default_permissions, suid, dev, exec, rw
                          the opposites, to undo an earlier option
+Accepted and ignored, so that fstab lines and container engines work unchanged: atime,
+noatime, relatime and the other access-time options, async, defaults, auto, noauto, nofail,
+_netdev, user, users, owner, comment=, x-*, SELinux context=/fscontext=/defcontext=/
+rootcontext= (quotes may protect commas), and redirect_dir=off, index=off, metacopy=off,
+xino=off, nfs_export=off (what unionmount always does). `\\,` is a comma inside a value.
 
 Examples:
   # Read-write union: changes go to ./upper, ./base stays untouched
@@ -65,11 +88,21 @@ Examples:
   # Two lowers (top first) with an explicit workdir on the upper's filesystem
   unionmount --workdir /var/tmp/work app:runtime /var/tmp/upper /mnt/union
 
+  # The same with kernel overlayfs's options (as podman/buildah run a mount_program)
+  unionmount -o lowerdir=app:runtime,upperdir=/var/tmp/upper,workdir=/var/tmp/work /mnt/union
+
   # Read-only union of three directories, shorter cache, in the foreground with tracing
   unionmount -f -d -o timeout=0.1 a:b:c /mnt/view
 
   # A lower whose name contains a colon
   unionmount 'dir\\:with\\:colons:base' upper merged
+
+  # mount(8) and /etc/fstab (mount.fuse3 runs `unionmount SOURCE MOUNTPOINT -o ...`)
+  mount -t fuse.unionmount union /mnt/union -o lowerdir=/a:/b,upperdir=/u,workdir=/w
+  union  /mnt/union  fuse.unionmount  lowerdir=/a:/b,upperdir=/u,workdir=/w,nofail  0 0
+
+  # podman/buildah: storage.conf, [storage.options.overlay]
+  mount_program = \"/usr/local/bin/unionmount\"
 
   # Unmount
   fusermount3 -u merged        (or, as root: umount merged)
@@ -89,15 +122,11 @@ A lower directory named like a tool must then be written with a path: ./diff, no
     after_help = AFTER_HELP
 )]
 struct Args {
-    /// Lower directories, top first, separated by ':' ('\:' is a colon inside a path)
-    #[arg(value_name = "LOWERS")]
-    lowers: OsString,
-    /// The upper directory (read-write union) or the mountpoint (read-only union)
-    #[arg(value_name = "UPPER|MOUNTPOINT")]
-    second: PathBuf,
-    /// The mountpoint of a read-write union
-    #[arg(value_name = "MOUNTPOINT")]
-    third: Option<PathBuf>,
+    /// LOWERS [UPPER] MOUNTPOINT; with -o lowerdir=: [SOURCE] MOUNTPOINT (SOURCE is ignored).
+    /// LOWERS lists the lower directories, top first, separated by ':' ('\:' is a colon
+    /// inside a path)
+    #[arg(value_name = "ARGS", required = true)]
+    positional: Vec<OsString>,
     /// Work directory on the upper's filesystem [default: <parent of UPPER>/.<UPPER name>.unionmount-work]
     #[arg(long, value_name = "DIR")]
     workdir: Option<PathBuf>,
@@ -109,7 +138,7 @@ struct Args {
     debug: bool,
     /// Mount options, see below
     #[arg(short = 'o', value_name = "OPT[,OPT...]", action = ArgAction::Append)]
-    options: Vec<String>,
+    options: Vec<OsString>,
     #[arg(long, hide = true)]
     notify_ready: bool,
 }
@@ -154,17 +183,13 @@ fn usage_error(msg: String) -> clap::Error {
 }
 
 fn build(args: Args, privilege: Privilege) -> Result<Options, clap::Error> {
-    let mut lowers = split_lowers(&args.lowers).map_err(usage_error)?;
-    let (mut upper, mountpoint) = match args.third {
-        Some(mnt) => (Some(args.second), mnt),
-        None => (None, args.second),
-    };
-    if upper.is_none() && args.workdir.is_some() {
-        return Err(usage_error(
-            "--workdir needs an UPPER: a union without one is read-only and writes nothing".into(),
-        ));
-    }
     let o = parse_mount_options(&args.options).map_err(usage_error)?;
+    let Layers {
+        mut lowers,
+        mut upper,
+        mut workdir,
+        mountpoint,
+    } = layers(&args, &o).map_err(usage_error)?;
 
     let mut mount = MountOptions {
         allow_other: o
@@ -173,6 +198,7 @@ fn build(args: Args, privilege: Privilege) -> Result<Options, clap::Error> {
         default_permissions: o.default_permissions.unwrap_or(true),
         suid: o.suid.unwrap_or(privilege.root),
         dev: o.dev.unwrap_or(privilege.root),
+        exec: o.exec.unwrap_or(true),
         read_only: false,
         fsname: o.fsname.unwrap_or_else(|| "unionmount".into()),
         passthrough: o.passthrough.unwrap_or_default(),
@@ -185,7 +211,6 @@ fn build(args: Args, privilege: Privilege) -> Result<Options, clap::Error> {
                 .into(),
         ));
     }
-    let mut workdir = args.workdir;
     if o.read_only == Some(true) {
         // `-o ro` with an upper: the upper's contents (including its whiteouts and opaque
         // markers) must stay visible, so it becomes the topmost lower rather than being
@@ -206,6 +231,7 @@ fn build(args: Args, privilege: Privilege) -> Result<Options, clap::Error> {
     };
     let mut config = Config::new(lowers, upper, workdir);
     config.xattr_ns = xattr_ns;
+    config.volatile = o.volatile;
     if let Some(t) = o.timeout {
         config.timeout = t;
     }
@@ -219,80 +245,100 @@ fn build(args: Args, privilege: Privilege) -> Result<Options, clap::Error> {
     })
 }
 
-/// `-o` options as given; `None` means "not mentioned, use the default".
-#[derive(Debug, Default, PartialEq)]
-struct MountOpts {
-    userxattr: bool,
-    timeout: Option<Duration>,
-    allow_other: Option<bool>,
-    default_permissions: Option<bool>,
-    suid: Option<bool>,
-    dev: Option<bool>,
-    read_only: Option<bool>,
-    fsname: Option<String>,
-    passthrough: Option<Passthrough>,
+/// The layers and the mountpoint, from whichever form was used, made absolute.
+struct Layers {
+    lowers: Vec<PathBuf>,
+    upper: Option<PathBuf>,
+    workdir: Option<PathBuf>,
+    mountpoint: PathBuf,
 }
 
-/// Parses every `-o` value. Unknown options are collected and reported together, so one run
-/// tells the user everything that is wrong.
-fn parse_mount_options(values: &[String]) -> Result<MountOpts, String> {
-    let mut o = MountOpts::default();
-    let mut unknown = Vec::new();
-    for opt in values
-        .iter()
-        .flat_map(|v| v.split(','))
-        .filter(|s| !s.is_empty())
-    {
-        let (key, value) = match opt.split_once('=') {
-            Some((k, v)) => (k, Some(v)),
-            None => (opt, None),
+fn layers(args: &Args, o: &MountOpts) -> Result<Layers, String> {
+    let pos = &args.positional;
+    let (lowers, upper, workdir, mountpoint) = if let Some(lowerdir) = &o.lowerdir {
+        let mountpoint = match pos.as_slice() {
+            [m] | [_, m] => PathBuf::from(m),
+            _ => {
+                return Err(format!(
+                    "with -o lowerdir=, give only the MOUNTPOINT (or SOURCE MOUNTPOINT, as \
+                     mount(8) does), not {} arguments",
+                    pos.len()
+                ));
+            }
         };
-        match (key, value) {
-            ("userxattr", None) => o.userxattr = true,
-            ("timeout", Some(v)) => o.timeout = Some(parse_timeout(v)?),
-            ("fsname", Some(v)) if !v.is_empty() => o.fsname = Some(v.to_owned()),
-            ("fsname", _) => return Err("-o fsname needs a value, e.g. -o fsname=myunion".into()),
-            ("allow_other", None) => o.allow_other = Some(true),
-            ("noallow_other", None) => o.allow_other = Some(false),
-            ("default_permissions", None) => o.default_permissions = Some(true),
-            ("nodefault_permissions", None) => o.default_permissions = Some(false),
-            ("suid", None) => o.suid = Some(true),
-            ("nosuid", None) => o.suid = Some(false),
-            ("dev", None) => o.dev = Some(true),
-            ("nodev", None) => o.dev = Some(false),
-            ("passthrough", Some(v)) => o.passthrough = Some(parse_passthrough(v)?),
-            ("ro", None) => o.read_only = Some(true),
-            ("rw", None) => o.read_only = Some(false),
-            _ => unknown.push(opt),
+        if args.workdir.is_some() && o.workdir.is_some() {
+            return Err(
+                "the workdir is given twice (--workdir and -o workdir=); give it once".into(),
+            );
         }
-    }
-    if !unknown.is_empty() {
-        let list: Vec<String> = unknown.iter().map(|u| format!("'{u}'")).collect();
-        return Err(format!(
-            "unknown mount option{} {} (see --help for the supported -o options)",
-            if unknown.len() > 1 { "s" } else { "" },
-            list.join(", ")
-        ));
-    }
-    Ok(o)
+        let workdir = o.workdir.clone().or_else(|| args.workdir.clone());
+        if o.upperdir.is_none() && args.workdir.is_some() {
+            return Err(
+                "--workdir needs -o upperdir=: a union without one is read-only and writes nothing"
+                    .into(),
+            );
+        }
+        // Kernel overlayfs ignores a workdir= without upperdir= (read-only mount); so do we.
+        let workdir = workdir.filter(|_| o.upperdir.is_some());
+        (
+            split_lowers(lowerdir)?,
+            o.upperdir.clone(),
+            workdir,
+            mountpoint,
+        )
+    } else {
+        if o.upperdir.is_some() || o.workdir.is_some() {
+            return Err(
+                "-o upperdir= and -o workdir= need -o lowerdir= (or give the layers \
+                        as arguments: LOWERS UPPER MOUNTPOINT)"
+                    .into(),
+            );
+        }
+        let (lowers, upper, mountpoint) = match pos.as_slice() {
+            [l, u, m] => (l, Some(PathBuf::from(u)), PathBuf::from(m)),
+            [l, m] => (l, None, PathBuf::from(m)),
+            [_] => {
+                return Err(
+                    "missing MOUNTPOINT: give LOWERS [UPPER] MOUNTPOINT, or the layers with \
+                     -o lowerdir=..."
+                        .into(),
+                );
+            }
+            _ => {
+                return Err(format!(
+                    "too many arguments ({}): expected LOWERS [UPPER] MOUNTPOINT",
+                    pos.len()
+                ));
+            }
+        };
+        if upper.is_none() && args.workdir.is_some() {
+            return Err(
+                "--workdir needs an UPPER: a union without one is read-only and writes nothing"
+                    .into(),
+            );
+        }
+        (
+            split_lowers(lowers)?,
+            upper,
+            args.workdir.clone(),
+            mountpoint,
+        )
+    };
+    Ok(Layers {
+        lowers: lowers
+            .iter()
+            .map(|l| absolute(l))
+            .collect::<Result<_, _>>()?,
+        upper: upper.as_deref().map(absolute).transpose()?,
+        workdir: workdir.as_deref().map(absolute).transpose()?,
+        mountpoint: absolute(&mountpoint)?,
+    })
 }
 
-fn parse_passthrough(v: &str) -> Result<Passthrough, String> {
-    match v {
-        "on" => Ok(Passthrough::On),
-        "off" => Ok(Passthrough::Off),
-        "auto" => Ok(Passthrough::Auto),
-        _ => Err(format!("-o passthrough={v}: expected on, off or auto")),
-    }
-}
-
-fn parse_timeout(v: &str) -> Result<Duration, String> {
-    v.parse::<f64>()
-        .ok()
-        .and_then(|secs| Duration::try_from_secs_f64(secs).ok())
-        .ok_or_else(|| {
-            format!("-o timeout={v}: expected a number of seconds >= 0, e.g. timeout=0.5")
-        })
+/// `p` made absolute against the current directory, without touching the filesystem
+/// otherwise (`setup` canonicalises later, in the daemon).
+fn absolute(p: &Path) -> Result<PathBuf, String> {
+    std::path::absolute(p).map_err(|e| format!("cannot make {} absolute: {e}", p.display()))
 }
 
 /// True if fuse.conf enables `user_allow_other` (a line of its own; `#` starts a comment).
@@ -336,193 +382,4 @@ pub fn split_lowers(s: &OsStr) -> Result<Vec<PathBuf>, String> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const ROOT: Privilege = Privilege {
-        root: true,
-        user_allow_other: false,
-    };
-    const USER: Privilege = Privilege {
-        root: false,
-        user_allow_other: false,
-    };
-
-    fn parse_as(p: Privilege, args: &[&str]) -> Result<Options, clap::Error> {
-        build(
-            Args::try_parse_from(std::iter::once("unionmount").chain(args.iter().copied()))?,
-            p,
-        )
-    }
-
-    fn lowers(s: &str) -> Vec<String> {
-        split_lowers(OsStr::new(s))
-            .unwrap()
-            .iter()
-            .map(|p| p.to_string_lossy().into_owned())
-            .collect()
-    }
-
-    #[test]
-    fn colon_escapes() {
-        assert_eq!(lowers("a:b:c"), ["a", "b", "c"]);
-        assert_eq!(lowers(r"a\:b:c"), ["a:b", "c"]);
-        assert_eq!(lowers(r"a\\:b"), [r"a\", "b"]);
-        assert_eq!(lowers(r"a\nb"), [r"a\nb"]);
-        assert_eq!(lowers(r"trailing\"), [r"trailing\"]);
-        for bad in ["", ":a", "a:", "a::b"] {
-            assert!(
-                split_lowers(OsStr::new(bad)).is_err(),
-                "{bad:?} should be rejected"
-            );
-        }
-    }
-
-    #[test]
-    fn two_forms() {
-        let rw = parse_as(ROOT, &["l1:l2", "up", "mnt"]).unwrap();
-        assert_eq!(rw.config.lowers, [PathBuf::from("l1"), PathBuf::from("l2")]);
-        assert_eq!(rw.config.upper, Some(PathBuf::from("up")));
-        assert_eq!(rw.mountpoint, PathBuf::from("mnt"));
-        assert!(!rw.mount.read_only);
-
-        let ro = parse_as(ROOT, &["l1", "mnt"]).unwrap();
-        assert_eq!(ro.config.upper, None);
-        assert!(ro.mount.read_only);
-        assert!(parse_as(ROOT, &["l1", "mnt", "--workdir", "w"]).is_err());
-        assert!(parse_as(ROOT, &["l1"]).is_err());
-        assert!(parse_as(ROOT, &["a", "b", "c", "d"]).is_err());
-    }
-
-    #[test]
-    fn privilege_defaults() {
-        let r = parse_as(ROOT, &["l", "u", "m"]).unwrap();
-        assert!(r.mount.allow_other && r.mount.default_permissions && r.mount.suid && r.mount.dev);
-        assert_eq!(r.config.xattr_ns, XattrNamespace::Trusted);
-        assert_eq!(r.config.timeout, crate::config::DEFAULT_TIMEOUT);
-        assert_eq!(r.mount.fsname, "unionmount");
-
-        let u = parse_as(USER, &["l", "u", "m"]).unwrap();
-        assert!(
-            !u.mount.allow_other && u.mount.default_permissions && !u.mount.suid && !u.mount.dev
-        );
-        assert_eq!(u.config.xattr_ns, XattrNamespace::User);
-        let u2 = parse_as(
-            Privilege {
-                root: false,
-                user_allow_other: true,
-            },
-            &["l", "u", "m"],
-        )
-        .unwrap();
-        assert!(u2.mount.allow_other);
-    }
-
-    #[test]
-    fn mount_options() {
-        let o = parse_as(
-            ROOT,
-            &[
-                "-o",
-                "userxattr,timeout=0.25",
-                "-o",
-                "noallow_other,nodefault_permissions,nosuid,nodev,fsname=x",
-                "l",
-                "u",
-                "m",
-            ],
-        )
-        .unwrap();
-        assert_eq!(o.config.xattr_ns, XattrNamespace::User);
-        assert_eq!(o.config.timeout, Duration::from_millis(250));
-        assert_eq!(
-            o.mount,
-            MountOptions {
-                allow_other: false,
-                default_permissions: false,
-                suid: false,
-                dev: false,
-                read_only: false,
-                fsname: "x".into(),
-                passthrough: Passthrough::Auto,
-            }
-        );
-        for bad in [
-            "timeout=-1",
-            "timeout=abc",
-            "timeout",
-            "fsname=",
-            "userxattr=1",
-        ] {
-            assert!(
-                parse_as(ROOT, &["-o", bad, "l", "u", "m"]).is_err(),
-                "{bad}"
-            );
-        }
-        let err = parse_as(ROOT, &["-o", "bogus,nosuid,other=1", "l", "u", "m"])
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("'bogus'") && err.contains("'other=1'") && !err.contains("nosuid"),
-            "{err}"
-        );
-    }
-
-    #[test]
-    fn passthrough_option() {
-        for (v, want) in [
-            ("on", Passthrough::On),
-            ("off", Passthrough::Off),
-            ("auto", Passthrough::Auto),
-        ] {
-            let o = parse_as(ROOT, &["-o", &format!("passthrough={v}"), "l", "u", "m"]).unwrap();
-            assert_eq!(o.mount.passthrough, want, "{v}");
-        }
-        for bad in ["passthrough=yes", "passthrough=", "passthrough"] {
-            let err = parse_as(ROOT, &["-o", bad, "l", "u", "m"])
-                .unwrap_err()
-                .to_string();
-            assert!(err.contains(bad), "{bad}: {err}");
-        }
-        let user = Privilege {
-            root: false,
-            user_allow_other: false,
-        };
-        let err = parse_as(user, &["-o", "passthrough=on", "l", "u", "m"])
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("passthrough=on needs root"), "{err}");
-        let o = parse_as(user, &["l", "u", "m"]).unwrap();
-        assert_eq!(o.mount.passthrough, Passthrough::Auto);
-    }
-
-    #[test]
-    fn ro_turns_upper_into_top_lower() {
-        let o = parse_as(ROOT, &["-o", "ro", "--workdir", "w", "l1:l2", "u", "m"]).unwrap();
-        assert_eq!(
-            o.config.lowers,
-            [PathBuf::from("u"), PathBuf::from("l1"), PathBuf::from("l2")]
-        );
-        assert_eq!((o.config.upper, o.config.workdir), (None, None));
-        assert!(o.mount.read_only);
-        let rw = parse_as(ROOT, &["-o", "ro,rw", "l", "u", "m"]).unwrap();
-        assert!(!rw.mount.read_only && rw.config.upper.is_some());
-    }
-
-    #[test]
-    fn fuse_conf() {
-        assert!(fuse_conf_allows_other(
-            "# comment\n  user_allow_other  # yes\n"
-        ));
-        assert!(!fuse_conf_allows_other(
-            "#user_allow_other\nmount_max = 1000\n"
-        ));
-    }
-
-    #[test]
-    fn help_has_examples() {
-        let help = Args::command().render_long_help().to_string();
-        assert!(help.contains("Examples:") && help.contains("userxattr"));
-        Args::command().debug_assert();
-    }
-}
+mod tests;

@@ -38,6 +38,10 @@ pub struct Config {
     pub xattr_ns: XattrNamespace,
     /// How long the kernel may cache entries and attributes.
     pub timeout: Duration,
+    /// Never sync the upper (`-o volatile`, as kernel overlayfs): fsync and fdatasync through
+    /// the union succeed without syncing, and copy-ups are not synced before being renamed
+    /// into place. A crash may then lose recent changes or leave a copied-up file short.
+    pub volatile: bool,
 }
 
 impl Config {
@@ -49,6 +53,7 @@ impl Config {
             workdir,
             xattr_ns: XattrNamespace::Trusted,
             timeout: DEFAULT_TIMEOUT,
+            volatile: false,
         }
     }
 }
@@ -77,6 +82,8 @@ pub struct MountOptions {
     pub suid: bool,
     /// Honour device special files (root only).
     pub dev: bool,
+    /// Allow executing files (`noexec` clears it).
+    pub exec: bool,
     /// Mount read-only (`ro`); always set for a union without an upper.
     pub read_only: bool,
     /// The source shown in /proc/mounts.

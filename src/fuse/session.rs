@@ -46,6 +46,11 @@ pub fn fuser_config(opts: &MountOptions) -> fuser::Config {
         } else {
             MountOption::NoDev
         },
+        if opts.exec {
+            MountOption::Exec
+        } else {
+            MountOption::NoExec
+        },
         if opts.read_only {
             MountOption::RO
         } else {
@@ -251,6 +256,7 @@ mod tests {
             default_permissions: true,
             suid: false,
             dev: true,
+            exec: false,
             read_only: true,
             fsname: "u".into(),
             passthrough: crate::config::Passthrough::Auto,
@@ -264,6 +270,7 @@ mod tests {
             MountOption::Subtype("unionmount".into()),
             MountOption::NoSuid,
             MountOption::Dev,
+            MountOption::NoExec,
             MountOption::RO,
             MountOption::DefaultPermissions,
         ] {

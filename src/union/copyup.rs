@@ -5,7 +5,8 @@
 //! mode, times) and renamed into place with RENAME_NOREPLACE: a crash at any point leaves either
 //! the lower version or the complete copy visible, and a leftover temporary only in the
 //! workdir, which the next mount clears. Regular files are fsync'ed before the rename, as the
-//! kernel does, so a power loss cannot make an empty copy visible.
+//! kernel does, so a power loss cannot make an empty copy visible (not on a `volatile` mount,
+//! which, like the kernel's, trades that for speed).
 
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -128,7 +129,9 @@ impl Union {
         self.ensure_upper_dir(alias.parent().ok_or(Errno::INVAL)?)?;
         let (src_dir, src_name) = self.open_parent(0, path)?;
         let (dst_dir, dst_name) = self.open_parent(0, alias)?;
-        rustix::fs::linkat(&src_dir, src_name, &dst_dir, dst_name, AtFlags::empty())
+        keeping_times(&dst_dir, || {
+            rustix::fs::linkat(&src_dir, src_name, &dst_dir, dst_name, AtFlags::empty())
+        })
     }
 
     /// Makes every directory of union path `dir` exist in the upper, topmost first.
@@ -190,22 +193,16 @@ impl Union {
     fn place(&self, node: &Node, path: &Path, staged: Staged) -> Result<(), Errno> {
         let up = self.upper()?;
         let placed = self.open_parent(0, path).and_then(|(dst_dir, name)| {
-            // A copy-up is no change of the parent directory: like the kernel, put its times
-            // back once the copy is in (best effort; the parent's own stat never fails here).
-            let parent_times = sys::path::fstat(&dst_dir).ok().map(|st| times_of(&st));
-            rustix::fs::renameat_with(
-                &up.work,
-                &staged.tmp,
-                &dst_dir,
-                name,
-                RenameFlags::NOREPLACE,
-            )
-            .map(|()| {
-                if let Some(t) = parent_times {
-                    let _ = rustix::fs::futimens(&dst_dir, &t);
-                }
-                (dst_dir, name)
+            keeping_times(&dst_dir, || {
+                rustix::fs::renameat_with(
+                    &up.work,
+                    &staged.tmp,
+                    &dst_dir,
+                    name,
+                    RenameFlags::NOREPLACE,
+                )
             })
+            .map(|()| (dst_dir, name))
         });
         let (dst_dir, name) = match placed {
             Ok(p) => p,
@@ -274,14 +271,30 @@ impl Union {
             rustix::fs::chmodat(work, tmp, mode, AtFlags::empty())?;
         }
         rustix::fs::utimensat(work, tmp, &times_of(st), AtFlags::SYMLINK_NOFOLLOW)?;
-        if let Some(f) = file.filter(|_| data && st.st_size > 0) {
+        if let Some(f) = file.filter(|_| data && st.st_size > 0 && !self.volatile) {
             rustix::fs::fsync(&f)?;
         }
         Ok(())
     }
 }
 
-/// The atime and mtime of `st`, to set on a copy.
+/// Runs `f`, which adds a copied-up entry to the upper directory `dir`, and gives `dir` back
+/// the access and modification times it had: a copy-up changes nothing in the union's
+/// namespace, and the kernel's copy-up keeps the parent's times too (otherwise a directory
+/// would show as modified whenever a child is copied up, and podman's layer diffs list it).
+fn keeping_times(dir: &OwnedFd, f: impl FnOnce() -> Result<(), Errno>) -> Result<(), Errno> {
+    let before = sys::path::fstat(dir.as_fd());
+    f()?;
+    if let Ok(st) = before
+        && let Err(e) = rustix::fs::futimens(dir, &times_of(&st))
+    {
+        // Only the directory's times are off; the copy-up itself is complete.
+        log::debug!("copy-up: cannot restore a parent directory's times: {e}");
+    }
+    Ok(())
+}
+
+/// The access and modification times of `st`, to set on a copy.
 fn times_of(st: &Stat) -> Timestamps {
     Timestamps {
         last_access: rustix::fs::Timespec {

@@ -219,21 +219,23 @@ impl Union {
         self.files.get(fh).map(|_| ()).ok_or(Errno::BADF)
     }
 
-    /// fsync(2) / fdatasync(2).
+    /// fsync(2) / fdatasync(2); on a volatile union only checks the handle.
     pub fn fsync(&self, fh: u64, datasync: bool) -> Result<(), Errno> {
         let h = self.handle(fh)?;
         let fd = h.fd.read();
-        if datasync {
+        if self.volatile {
+            Ok(())
+        } else if datasync {
             rustix::fs::fdatasync(&*fd)
         } else {
             rustix::fs::fsync(&*fd)
         }
     }
 
-    /// fsync of a directory: syncs its upper copy, if any.
+    /// fsync of a directory: syncs its upper copy, if any (none on a volatile union).
     pub fn fsyncdir(&self, ino: u64) -> Result<(), Errno> {
         let node = self.node(ino)?;
-        if node.upper {
+        if node.upper && !self.volatile {
             let fd = self.layers[0].open_dir(node.path().ok_or(Errno::NOENT)?)?;
             rustix::fs::fsync(&fd)?;
         }

@@ -80,6 +80,8 @@ pub struct Union {
     stale_attrs: parking_lot::Mutex<Vec<u64>>,
     /// `stale_attrs` may be non-empty: lets every reply check it without taking the lock.
     has_stale_attrs: std::sync::atomic::AtomicBool,
+    /// `Config::volatile`: skip every sync of the upper.
+    volatile: bool,
 }
 
 impl Union {
@@ -116,6 +118,7 @@ impl Union {
             ns: RwLock::new(()),
             stale_attrs: Default::default(),
             has_stale_attrs: Default::default(),
+            volatile: cfg.volatile,
         };
         let root = u.resolve_root()?;
         u.remember(root);

@@ -61,7 +61,7 @@ fn unescape(s: &str) -> String {
 }
 
 /// The /proc/self/mountinfo line whose mount point is `mnt` (the last one if stacked).
-fn mountinfo_line(mnt: &Path) -> Option<String> {
+pub(crate) fn mountinfo_line(mnt: &Path) -> Option<String> {
     let info = fs::read_to_string("/proc/self/mountinfo").expect("read /proc/self/mountinfo");
     info.lines()
         .rev()
@@ -113,31 +113,45 @@ impl Drop for Foreground {
 /// Runs the binary with `args`, capturing its output through pipes (so a daemon that kept
 /// them open would hang this, which is a bug); panics if it has not exited within [`TIMEOUT`].
 pub(crate) fn run(args: &[&dyn AsRef<std::ffi::OsStr>]) -> Output {
+    run_in(None, args)
+}
+
+/// [`run`] with `cwd` as the current directory (`None`: ours).
+pub(crate) fn run_in(cwd: Option<&Path>, args: &[&dyn AsRef<std::ffi::OsStr>]) -> Output {
     let mut cmd = Command::new(BIN);
+    if let Some(dir) = cwd {
+        cmd.current_dir(dir);
+    }
     for a in args {
         cmd.arg(a);
     }
+    output_within(&mut cmd, TIMEOUT)
+        .unwrap_or_else(|why| panic!("unionmount {:?} {why}", debug_args(args)))
+}
+
+/// Runs `cmd` with stdin from /dev/null, capturing stdout and stderr; kills it and returns
+/// why if it has not exited (and closed its output) within `limit`.
+pub(crate) fn output_within(cmd: &mut Command, limit: Duration) -> Result<Output, String> {
     let child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("spawn unionmount");
+        .map_err(|e| format!("could not be started: {e}"))?;
     let pid = child.id();
     let (tx, rx) = mpsc::channel();
     thread::spawn(move || {
         let _ = tx.send(child.wait_with_output());
     });
-    match rx.recv_timeout(TIMEOUT) {
-        Ok(out) => out.expect("wait for unionmount"),
+    match rx.recv_timeout(limit) {
+        Ok(out) => out.map_err(|e| format!("could not be waited for: {e}")),
         Err(_) => {
             if let Some(p) = Pid::from_raw(pid as i32) {
                 let _ = rustix::process::kill_process(p, Signal::KILL);
             }
-            panic!(
-                "unionmount {:?} did not exit (or close its output) within {TIMEOUT:?}",
-                debug_args(args)
-            );
+            Err(format!(
+                "did not exit (or close its output) within {limit:?}"
+            ))
         }
     }
 }
@@ -148,14 +162,23 @@ fn debug_args(args: &[&dyn AsRef<std::ffi::OsStr>]) -> Vec<String> {
         .collect()
 }
 
-fn stderr(out: &Output) -> String {
+pub(crate) fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 /// Mounts with the daemonizing form and checks it reported success; the guard unmounts.
 pub(crate) fn mount(args: &[&dyn AsRef<std::ffi::OsStr>], mnt: &Path) -> MountGuard {
+    mount_in(None, args, mnt)
+}
+
+/// [`mount`] run in the directory `cwd` (`None`: ours).
+pub(crate) fn mount_in(
+    cwd: Option<&Path>,
+    args: &[&dyn AsRef<std::ffi::OsStr>],
+    mnt: &Path,
+) -> MountGuard {
     let guard = MountGuard(mnt.to_path_buf());
-    let out = run(args);
+    let out = run_in(cwd, args);
     assert!(
         out.status.success(),
         "mount {:?} failed: {out:?}\nstderr: {}",
@@ -450,7 +473,10 @@ fn refuses_too_few_arguments() {
     let out = run(&[&"/tmp"]);
     assert!(!out.status.success(), "{out:?}");
     let msg = stderr(&out);
-    assert!(msg.contains("required") && msg.contains("Usage"), "{msg}");
+    assert!(
+        msg.contains("missing MOUNTPOINT") && msg.contains("Usage"),
+        "{msg}"
+    );
 }
 
 #[test]

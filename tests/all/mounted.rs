@@ -88,6 +88,7 @@ pub fn test_mount_options() -> MountOptions {
         default_permissions: true,
         suid: true,
         dev: true,
+        exec: true,
         read_only: false,
         fsname: "unionmount-test".into(),
         passthrough: Passthrough::Auto,

@@ -781,3 +781,58 @@ fn copy_up_keeps_the_parent_directory_times() {
         assert_eq!(up.mtime(), 1000, "{d} in the upper");
     }
 }
+
+/// podman end-to-end test (`podman`): copying a file up renamed it into its upper parent
+/// directory, which set that directory's mtime to now, so `podman diff` and the layer tars
+/// listed the directory as changed where kernel overlayfs's do not (the kernel's copy-up
+/// gives the parent its times back). A copy-up, also of a hard link's other names, must leave
+/// every directory's times as they were.
+#[test]
+fn copy_up_keeps_parent_directory_times() {
+    let s = Stack::new(&["d a/b/c\nf a/b/c/g y\nf x/file z\nh y/link x/file"]);
+    let old = rustix::fs::Timestamps {
+        last_access: rustix::fs::Timespec {
+            tv_sec: 2_000_000,
+            tv_nsec: 0,
+        },
+        last_modification: rustix::fs::Timespec {
+            tv_sec: 1_000_000,
+            tv_nsec: 5,
+        },
+    };
+    for d in ["a", "a/b", "a/b/c", "x", "y"] {
+        rustix::fs::utimensat(
+            rustix::fs::CWD,
+            s.lowers[0].join(d),
+            &old,
+            rustix::fs::AtFlags::empty(),
+        )
+        .unwrap();
+    }
+    let u = s.union();
+    let root_before = at(&u, "").unwrap().st;
+    // Both names of the hard link are known to the kernel, so both are copied up together.
+    ino(&u, "y/link");
+    for path in ["a/b/c/g", "x/file"] {
+        let chmod = SetAttr {
+            mode: Some(0o600),
+            ..SetAttr::default()
+        };
+        u.setattr(&ctx(), ino(&u, path), &chmod).unwrap();
+    }
+    assert!(s.upper.join("a/b/c/g").exists() && s.upper.join("y/link").exists());
+    for d in ["a", "a/b", "a/b/c", "x", "y"] {
+        let st = at(&u, d).unwrap().st;
+        assert_eq!(
+            (st.st_mtime, st.st_mtime_nsec, st.st_atime),
+            (1_000_000, 5, 2_000_000),
+            "{d}: times changed by the copy-up"
+        );
+    }
+    let root = at(&u, "").unwrap().st;
+    assert_eq!(
+        (root.st_mtime, root.st_mtime_nsec),
+        (root_before.st_mtime, root_before.st_mtime_nsec),
+        "the root's mtime changed by the copy-up"
+    );
+}
