@@ -6,6 +6,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::idmap::IdPolicy;
+
 /// Which namespace the overlay's private xattrs are written to in the upper.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum XattrNamespace {
@@ -38,6 +40,8 @@ pub struct Config {
     pub xattr_ns: XattrNamespace,
     /// How long the kernel may cache entries and attributes.
     pub timeout: Duration,
+    /// How ownership is shown and stored (mapping, squashing); identity by default.
+    pub ids: IdPolicy,
 }
 
 impl Config {
@@ -49,6 +53,7 @@ impl Config {
             workdir,
             xattr_ns: XattrNamespace::Trusted,
             timeout: DEFAULT_TIMEOUT,
+            ids: IdPolicy::default(),
         }
     }
 }

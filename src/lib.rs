@@ -12,6 +12,7 @@
 //! - `union`: the engine, every operation of the merged view, FUSE-free and testable in-process.
 //! - `fuse`: the only module that imports fuser: the adapter and the mount session.
 //! - `cli`, `config`, `setup`: command line, plain configuration, mount-time validation.
+//! - `idmap`: ownership as shown (uid/gid mapping, squashing, `override_stat`) for rootless use.
 //!
 //! Invariants held across modules: lowers are never written; every object that appears in the
 //! upper appears complete (built in the workdir, renamed into place); private overlay xattrs
@@ -24,6 +25,7 @@ pub mod cli;
 pub mod config;
 pub mod format;
 pub mod fuse;
+pub mod idmap;
 pub mod layer;
 pub mod node;
 pub mod setup;

@@ -28,6 +28,7 @@ use parking_lot::RwLock;
 use rustix::fs::Stat;
 
 use crate::config::Config;
+use crate::idmap::{self, IdPolicy};
 use crate::layer::{Layer, LowerKeys, Upper};
 use crate::node::handle::{DirHandle, FileHandle, Handles};
 use crate::node::{Node, NodeTable};
@@ -80,6 +81,12 @@ pub struct Union {
     stale_attrs: parking_lot::Mutex<Vec<u64>>,
     /// `stale_attrs` may be non-empty: lets every reply check it without taking the lock.
     has_stale_attrs: std::sync::atomic::AtomicBool,
+    /// How owners are shown and stored (`idmap`).
+    ids: IdPolicy,
+    /// Some layer root carries `override_stat`, so objects are checked for it (fuse-overlayfs
+    /// enables it per layer the same way; here one marked layer enables it for the union, so
+    /// an object keeps its overridden owner across copy-up into an unmarked upper).
+    override_stat: bool,
 }
 
 impl Union {
@@ -105,6 +112,11 @@ impl Union {
         if layers.is_empty() {
             return Err(Errno::INVAL);
         }
+        let mut override_stat = false;
+        for l in &layers {
+            override_stat |=
+                sys::xattr::get_opt(l.root.as_fd(), None, idmap::OVERRIDE_STAT_XATTR)?.is_some();
+        }
         let u = Union {
             layers,
             upper,
@@ -116,6 +128,8 @@ impl Union {
             ns: RwLock::new(()),
             stale_attrs: Default::default(),
             has_stale_attrs: Default::default(),
+            ids: cfg.ids.clone(),
+            override_stat,
         };
         let root = u.resolve_root()?;
         u.remember(root);
@@ -178,6 +192,12 @@ impl Union {
 
     /// Builds the attributes the union shows for `node` from the backing stat `st`.
     fn attr_from(&self, node: &Node, mut st: Stat) -> Attr {
+        if self.override_stat
+            && let Some(o) = self.override_of(node)
+        {
+            o.apply(&mut st);
+        }
+        self.ids.show(&mut st);
         st.st_ino = node.ino;
         if node.is_dir() && node.is_merged() {
             // Like the kernel: counting subdirectories of every layer is not worth it, and
