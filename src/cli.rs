@@ -19,6 +19,7 @@ use clap::error::ErrorKind;
 use clap::{ArgAction, CommandFactory, Parser};
 
 use crate::config::{Config, MountOptions, Passthrough, XattrNamespace};
+use crate::idmap::{self, IdOptions};
 
 /// Everything the binary needs, parsed from the command line.
 #[derive(Clone, Debug)]
@@ -44,7 +45,17 @@ const USAGE: &str = "unionmount [OPTIONS] LOWER1[:LOWER2...] UPPER MOUNTPOINT\n 
 const AFTER_HELP: &str = "\
 Mount options (-o, comma-separated, repeatable; the last of two opposites wins):
   userxattr              keep overlay markers in user.overlay.* instead of trusted.overlay.*
-                         (always on when not run as root: trusted.* needs CAP_SYS_ADMIN)
+                         (always on unless run as root in the initial user namespace:
+                         trusted.* needs CAP_SYS_ADMIN there, so root in a user namespace
+                         such as rootless podman's gets it too)
+  uidmapping=ID:MAPPED-ID:LEN[:ID:MAPPED-ID:LEN...]
+  gidmapping=...         show ids ID..ID+LEN stored in the layers as MAPPED-ID..; new owners
+                         are stored mapped back; unmapped stored ids show as 65534 and
+                         unmapped new owners are refused (EOVERFLOW); fields may also be
+                         separated by ',' (fuse-overlayfs's syntax)
+  squash_to_root         show every object owned by 0:0
+  squash_to_uid=UID, squash_to_gid=GID
+                         show every object owned by UID / GID (over squash_to_root)
   timeout=SECONDS        how long the kernel caches entries and attributes (default 1;
                          0 = no caching, for lowers edited under a live mount)
   noallow_other          only the mounting user may access the mount
@@ -114,21 +125,41 @@ struct Args {
 /// The facts about the caller that defaults depend on.
 #[derive(Clone, Copy, Debug)]
 struct Privilege {
+    /// Root in the initial user namespace: may write trusted.* xattrs, honour suid and
+    /// devices, use passthrough.
     root: bool,
+    /// Root inside a user namespace (`unshare --user --map-root-user`, rootless podman):
+    /// mounts FUSE itself and may let the namespace's other users in, nothing more.
+    userns_root: bool,
     /// /etc/fuse.conf has `user_allow_other`.
     user_allow_other: bool,
 }
 
 impl Privilege {
     fn current() -> Privilege {
-        let root = rustix::process::geteuid().is_root();
+        let euid_root = rustix::process::geteuid().is_root();
+        let initial_ns =
+            std::fs::read_to_string("/proc/self/uid_map").map_or(true, |m| is_initial_uid_map(&m));
+        let root = euid_root && initial_ns;
         let user_allow_other = !root
             && std::fs::read_to_string("/etc/fuse.conf").is_ok_and(|s| fuse_conf_allows_other(&s));
         Privilege {
             root,
+            userns_root: euid_root && !initial_ns,
             user_allow_other,
         }
     }
+}
+
+/// True for the initial user namespace's uid_map: every id mapped to itself. Any other map
+/// means a user namespace, where trusted.* xattrs are refused even to its root.
+fn is_initial_uid_map(map: &str) -> bool {
+    let lines: Vec<Vec<&str>> = map
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .filter(|f: &Vec<&str>| !f.is_empty())
+        .collect();
+    lines == [["0", "0", "4294967295"]]
 }
 
 /// Parses the process's command line; prints help, version or a usage error and exits as
@@ -166,7 +197,7 @@ fn build(args: Args, privilege: Privilege) -> Result<Options, clap::Error> {
     let mut mount = MountOptions {
         allow_other: o
             .allow_other
-            .unwrap_or(privilege.root || privilege.user_allow_other),
+            .unwrap_or(privilege.root || privilege.userns_root || privilege.user_allow_other),
         default_permissions: o.default_permissions.unwrap_or(true),
         suid: o.suid.unwrap_or(privilege.root),
         dev: o.dev.unwrap_or(privilege.root),
@@ -194,8 +225,8 @@ fn build(args: Args, privilege: Privilege) -> Result<Options, clap::Error> {
     }
     mount.read_only = upper.is_none();
 
-    // Unprivileged processes cannot write trusted.* xattrs, so an unprivileged mount uses the
-    // kernel's userxattr format whether or not it was asked for.
+    // Unprivileged processes, and root in a user namespace, cannot write trusted.* xattrs, so
+    // such a mount uses the kernel's userxattr format whether or not it was asked for.
     let xattr_ns = if o.userxattr || !privilege.root {
         XattrNamespace::User
     } else {
@@ -206,6 +237,7 @@ fn build(args: Args, privilege: Privilege) -> Result<Options, clap::Error> {
     if let Some(t) = o.timeout {
         config.timeout = t;
     }
+    config.ids = o.ids.policy(idmap::kernel_overflow_ids());
     Ok(Options {
         config,
         mount,
@@ -228,6 +260,7 @@ struct MountOpts {
     read_only: Option<bool>,
     fsname: Option<String>,
     passthrough: Option<Passthrough>,
+    ids: IdOptions,
 }
 
 /// Parses every `-o` value. Unknown options are collected and reported together, so one run
@@ -260,6 +293,7 @@ fn parse_mount_options(values: &[String]) -> Result<MountOpts, String> {
             ("passthrough", Some(v)) => o.passthrough = Some(parse_passthrough(v)?),
             ("ro", None) => o.read_only = Some(true),
             ("rw", None) => o.read_only = Some(false),
+            (k, v) if IdOptions::KEYS.contains(&k) => o.ids.set(k, v)?,
             _ => unknown.push(opt),
         }
     }
@@ -338,10 +372,17 @@ mod tests {
 
     const ROOT: Privilege = Privilege {
         root: true,
+        userns_root: false,
         user_allow_other: false,
     };
     const USER: Privilege = Privilege {
         root: false,
+        userns_root: false,
+        user_allow_other: false,
+    };
+    const USERNS_ROOT: Privilege = Privilege {
+        root: false,
+        userns_root: true,
         user_allow_other: false,
     };
 
@@ -406,8 +447,8 @@ mod tests {
         assert_eq!(u.config.xattr_ns, XattrNamespace::User);
         let u2 = parse_as(
             Privilege {
-                root: false,
                 user_allow_other: true,
+                ..USER
             },
             &["l", "u", "m"],
         )
@@ -481,10 +522,7 @@ mod tests {
                 .to_string();
             assert!(err.contains(bad), "{bad}: {err}");
         }
-        let user = Privilege {
-            root: false,
-            user_allow_other: false,
-        };
+        let user = USER;
         let err = parse_as(user, &["-o", "passthrough=on", "l", "u", "m"])
             .unwrap_err()
             .to_string();
@@ -504,6 +542,65 @@ mod tests {
         assert!(o.mount.read_only);
         let rw = parse_as(ROOT, &["-o", "ro,rw", "l", "u", "m"]).unwrap();
         assert!(!rw.mount.read_only && rw.config.upper.is_some());
+    }
+
+    #[test]
+    fn userns_root_defaults() {
+        let o = parse_as(USERNS_ROOT, &["l", "u", "m"]).unwrap();
+        assert_eq!(o.config.xattr_ns, XattrNamespace::User);
+        assert!(o.mount.allow_other && o.mount.default_permissions);
+        assert!(!o.mount.suid && !o.mount.dev);
+        let err = parse_as(USERNS_ROOT, &["-o", "passthrough=on", "l", "u", "m"]).unwrap_err();
+        assert!(err.to_string().contains("needs root"), "{err}");
+        assert!(is_initial_uid_map("         0          0 4294967295\n"));
+        assert!(!is_initial_uid_map("         0          0          1\n"));
+        assert!(!is_initial_uid_map("0 1000 1\n1 100000 65536\n"));
+        assert!(!is_initial_uid_map(""));
+    }
+
+    #[test]
+    fn id_options() {
+        let o = parse_as(
+            ROOT,
+            &[
+                "-o",
+                "uidmapping=:0:1000:1:1:100000:65536,gidmapping=0:2000:10",
+                "-o",
+                "squash_to_uid=5",
+                "l",
+                "u",
+                "m",
+            ],
+        )
+        .unwrap();
+        let ids = &o.config.ids;
+        assert_eq!(ids.uids.shown(2), Some(100001));
+        assert_eq!(ids.gids.shown(3), Some(2003));
+        assert_eq!((ids.squash_uid, ids.squash_gid), (Some(5), None));
+        let o = parse_as(ROOT, &["-o", "squash_to_root", "l", "u", "m"]).unwrap();
+        assert_eq!(
+            (o.config.ids.squash_uid, o.config.ids.squash_gid),
+            (Some(0), Some(0))
+        );
+        assert!(
+            parse_as(ROOT, &["l", "u", "m"])
+                .unwrap()
+                .config
+                .ids
+                .is_identity()
+        );
+        for bad in [
+            "uidmapping=0:1",
+            "gidmapping=",
+            "squash_to_uid=x",
+            "squash_to_root=1",
+        ] {
+            let err = parse_as(ROOT, &["-o", bad, "l", "u", "m"]).unwrap_err();
+            assert!(
+                err.to_string().contains(bad.split('=').next().unwrap()),
+                "{bad}: {err}"
+            );
+        }
     }
 
     #[test]
