@@ -16,6 +16,7 @@ mod passthrough;
 mod posix;
 mod random;
 mod regression;
+mod rootless;
 mod script;
 mod security;
 mod semantics;
