@@ -156,18 +156,18 @@ impl Union {
         let up = self.upper()?;
         let pnode = self.node(parent)?;
         self.check_new_name(&pnode, name)?;
+        // The caller's ids as stored, refused (EOVERFLOW) before anything is copied up. A
+        // link keeps its file's owner and takes none.
+        let caller = match spec {
+            NewObject::Link(..) => None,
+            _ => Some((self.ids.disk_uid(ctx.uid)?, self.ids.disk_gid(ctx.gid)?)),
+        };
         let pnode = self.copy_up_locked(&pnode, true)?;
         let ppath = pnode.path().ok_or(Errno::NOENT)?.to_path_buf();
         let dir = self.layers[0].open_dir(&ppath)?;
         let pst = sys::path::fstat(&dir)?;
         // A setgid directory gives its group to new objects (and setgid to new directories).
         let setgid = pst.st_mode & 0o2000 != 0;
-        let uid = self.ids.disk_uid(ctx.uid)?;
-        let gid = if setgid {
-            pst.st_gid
-        } else {
-            self.ids.disk_gid(ctx.gid)?
-        };
         let mut perm = mode & 0o7777 & !(ctx.umask & 0o777);
         if setgid && matches!(spec, NewObject::Dir) {
             perm |= 0o2000;
@@ -193,7 +193,6 @@ impl Union {
                 over_whiteout = true;
             }
         }
-        let is_link = matches!(spec, NewObject::Link(..));
         let is_dir = matches!(spec, NewObject::Dir);
         let (target_dir, target_name) = if over_whiteout {
             (up.work.as_fd(), up.tmp_name())
@@ -202,10 +201,13 @@ impl Union {
         };
         // Nothing exists under `target_name` if `make` fails, so only a made object is removed.
         let fd = make(target_dir, &target_name, &spec)?;
-        let squash = self.ids.squashes();
-        if !is_link && let Err(e) = own(target_dir, &target_name, (uid, gid), perm, &spec, squash) {
-            let _ = remove_tree(target_dir, &target_name);
-            return Err(e);
+        if let Some((uid, gid)) = caller {
+            let gid = if setgid { pst.st_gid } else { gid };
+            let squash = self.ids.squashes();
+            if let Err(e) = own(target_dir, &target_name, (uid, gid), perm, &spec, squash) {
+                let _ = remove_tree(target_dir, &target_name);
+                return Err(e);
+            }
         }
         if over_whiteout {
             let swapped = if is_dir {

@@ -191,6 +191,9 @@ fn uid_gid_mapping_matches_fuse_overlayfs() {
         as_id(100000, || fs::write(mnt.join("dir/new"), "n")).unwrap();
         assert_eq!(owner(&mnt.join("dir/new")), "100000:100000");
         assert_eq!(owner(&upper.join("dir/new")), "1:1");
+        // A hard link takes no owner: allowed to root, which is outside the mapping.
+        fs::hard_link(mnt.join("a"), mnt.join("dir/alink")).unwrap();
+        assert_eq!(owner(&upper.join("dir/alink")), "0:0");
         // Copy-up of a data change keeps the disk owner.
         fs::write(mnt.join("c"), "changed").unwrap();
         assert_eq!(owner(&upper.join("c")), "500:500");
