@@ -8,7 +8,8 @@
 //! Invariants of the result: `config.lowers` is non-empty; `config.upper.is_none()` exactly when
 //! `mount.read_only`; `config.workdir` is only ever `Some` together with an upper (its default
 //! is filled in later by `setup`, which does the I/O). Nothing here touches the layers; the only
-//! I/O is reading the effective uid and /etc/fuse.conf to choose privilege-dependent defaults.
+//! I/O is reading the effective uid, /proc/self/uid_map and /etc/fuse.conf to choose
+//! privilege-dependent defaults, and the kernel's overflow ids.
 
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
@@ -45,14 +46,14 @@ const USAGE: &str = "unionmount [OPTIONS] LOWER1[:LOWER2...] UPPER MOUNTPOINT\n 
 const AFTER_HELP: &str = "\
 Mount options (-o, comma-separated, repeatable; the last of two opposites wins):
   userxattr              keep overlay markers in user.overlay.* instead of trusted.overlay.*
-                         (always on unless run as root in the initial user namespace:
-                         trusted.* needs CAP_SYS_ADMIN there, so root in a user namespace
-                         such as rootless podman's gets it too)
-  uidmapping=ID:MAPPED-ID:LEN[:ID:MAPPED-ID:LEN...]
+                         (on unless run as root of the initial user namespace: trusted.*
+                         needs CAP_SYS_ADMIN in it, which root of a user namespace, as in
+                         rootless podman or unshare -r, does not have)
+  uidmapping=ID:MAPPED-ID:LEN[,ID2:MAPPED-ID2:LEN2...]
   gidmapping=...         show ids ID..ID+LEN stored in the layers as MAPPED-ID..; new owners
                          are stored mapped back; unmapped stored ids show as 65534 and
-                         unmapped new owners are refused (EOVERFLOW); fields may also be
-                         separated by ',' (fuse-overlayfs's syntax)
+                         unmapped new owners are refused (EOVERFLOW); triples may be
+                         separated by ':' too (fuse-overlayfs's syntax, as podman passes it)
   squash_to_root         show every object owned by 0:0
   squash_to_uid=UID, squash_to_gid=GID
                          show every object owned by UID / GID (over squash_to_root)
@@ -268,11 +269,8 @@ struct MountOpts {
 fn parse_mount_options(values: &[String]) -> Result<MountOpts, String> {
     let mut o = MountOpts::default();
     let mut unknown = Vec::new();
-    for opt in values
-        .iter()
-        .flat_map(|v| v.split(','))
-        .filter(|s| !s.is_empty())
-    {
+    let opts = IdOptions::rejoin(values.iter().flat_map(|v| v.split(',')));
+    for opt in opts.iter().map(String::as_str).filter(|s| !s.is_empty()) {
         let (key, value) = match opt.split_once('=') {
             Some((k, v)) => (k, Some(v)),
             None => (opt, None),
@@ -564,7 +562,7 @@ mod tests {
             ROOT,
             &[
                 "-o",
-                "uidmapping=:0:1000:1:1:100000:65536,gidmapping=0:2000:10",
+                "uidmapping=:0:1000:1:1:100000:65536,gidmapping=0:2000:1,1:3000:9,nosuid",
                 "-o",
                 "squash_to_uid=5",
                 "l",
@@ -575,7 +573,9 @@ mod tests {
         .unwrap();
         let ids = &o.config.ids;
         assert_eq!(ids.uids.shown(2), Some(100001));
-        assert_eq!(ids.gids.shown(3), Some(2003));
+        assert_eq!(ids.gids.shown(0), Some(2000));
+        assert_eq!(ids.gids.shown(3), Some(3002));
+        assert!(!o.mount.suid);
         assert_eq!((ids.squash_uid, ids.squash_gid), (Some(5), None));
         let o = parse_as(ROOT, &["-o", "squash_to_root", "l", "u", "m"]).unwrap();
         assert_eq!(

@@ -244,6 +244,27 @@ impl IdOptions {
         "squash_to_gid",
     ];
 
+    /// Rejoins mapping values that the `-o` comma split cut apart: in
+    /// `uidmapping=0:1000:1,1:100000:65536` the second triple is a separate token, made only
+    /// of digits and colons, which no other option can be.
+    pub fn rejoin<'a>(tokens: impl Iterator<Item = &'a str>) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for t in tokens {
+            let continues = !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit() || b == b':');
+            match out.last_mut() {
+                Some(prev)
+                    if continues
+                        && (prev.starts_with("uidmapping=") || prev.starts_with("gidmapping=")) =>
+                {
+                    prev.push(',');
+                    prev.push_str(t);
+                }
+                _ => out.push(t.to_owned()),
+            }
+        }
+        out
+    }
+
     /// Takes one option `key[=value]` (`key` is one of `KEYS`); a repeated option replaces
     /// the earlier one.
     ///
@@ -397,6 +418,21 @@ mod tests {
         assert_eq!((st.st_uid, st.st_gid), (42, 2004));
         assert!(squash.squashes() && !squash.is_identity());
         assert!(IdPolicy::default().is_identity());
+    }
+
+    #[test]
+    fn rejoined_tokens() {
+        let t = "uidmapping=0:1000:1,1:100000:65536,nosuid,gidmapping=:0:1:1,2:2:2,3,ro";
+        assert_eq!(
+            IdOptions::rejoin(t.split(',')),
+            [
+                "uidmapping=0:1000:1,1:100000:65536",
+                "nosuid",
+                "gidmapping=:0:1:1,2:2:2,3",
+                "ro"
+            ]
+        );
+        assert_eq!(IdOptions::rejoin("ro,1:2:3".split(',')), ["ro", "1:2:3"]);
     }
 
     #[test]

@@ -209,7 +209,10 @@ fn unmapped_owners_are_refused_with_eoverflow() {
     // fuse-overlayfs stores the overflow id 65534 instead, which then shows as 165533: the
     // owner is lost. Refusing is what kernel idmapped mounts do.
     let stack = Stack::new(&[LOWER]);
-    let _m = mount_unionmount(&stack, &format!("uidmapping={MAP},gidmapping={MAP}"));
+    // The man page's form, triples separated by commas inside the -o list.
+    let opts = "uidmapping=0:1000:1,1:100000:65536,gidmapping=0:1000:1,1:100000:65536";
+    let _m = mount_unionmount(&stack, opts);
+    assert_eq!(owner(&stack.mnt.join("b")), "100000:100000");
     let overflow = Some(rustix::io::Errno::OVERFLOW.raw_os_error());
     let e = std::os::unix::fs::lchown(stack.mnt.join("c"), Some(5), None).unwrap_err();
     assert_eq!(e.raw_os_error(), overflow, "chown to an unmapped uid: {e}");
