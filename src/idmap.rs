@@ -180,6 +180,65 @@ impl IdPolicy {
     }
 }
 
+/// The xattrs holding POSIX ACLs, whose named entries carry ids.
+const ACL_XATTRS: [&str; 2] = ["system.posix_acl_access", "system.posix_acl_default"];
+/// `posix_acl_xattr_header` version and the tags of entries that carry an id.
+const ACL_VERSION: u32 = 2;
+const ACL_USER: u16 = 0x02;
+const ACL_GROUP: u16 = 0x08;
+
+/// Rewrites the ids of the named-user and named-group entries of a POSIX ACL xattr value
+/// (a 4-byte version, then 8-byte entries: tag, permissions, id; little endian).
+/// `None` when the value is malformed or an id has no counterpart.
+fn map_acl(
+    value: &[u8],
+    uid: impl Fn(u32) -> Option<u32>,
+    gid: impl Fn(u32) -> Option<u32>,
+) -> Option<Vec<u8>> {
+    let (version, entries) = value.split_first_chunk::<4>()?;
+    if u32::from_le_bytes(*version) != ACL_VERSION || entries.len() % 8 != 0 {
+        return None;
+    }
+    let mut out = value.to_vec();
+    for (i, e) in entries.chunks_exact(8).enumerate() {
+        let tag = u16::from_le_bytes([e[0], e[1]]);
+        let id = u32::from_le_bytes([e[4], e[5], e[6], e[7]]);
+        let mapped = match tag {
+            ACL_USER => uid(id)?,
+            ACL_GROUP => gid(id)?,
+            _ => continue,
+        };
+        let at = 4 + i * 8 + 4;
+        out[at..at + 4].copy_from_slice(&mapped.to_le_bytes());
+    }
+    Some(out)
+}
+
+impl IdPolicy {
+    /// The value of xattr `key` as shown: the ids in a POSIX ACL go through the mapping
+    /// (unmapped ones show as the overflow id), since the kernel enforces ACLs from what we
+    /// return; squashing leaves ACLs alone, as the kernel's idmapped mounts have no squash.
+    pub fn show_xattr(&self, key: &str, value: Vec<u8>) -> Vec<u8> {
+        if self.uids.is_identity() && self.gids.is_identity() || !ACL_XATTRS.contains(&key) {
+            return value;
+        }
+        let uid = |id| Some(self.uids.shown(id).unwrap_or(self.overflow_uid));
+        let gid = |id| Some(self.gids.shown(id).unwrap_or(self.overflow_gid));
+        map_acl(&value, uid, gid).unwrap_or(value)
+    }
+
+    /// The value of xattr `key` to store for a shown `value`.
+    ///
+    /// Errors: EINVAL for a POSIX ACL naming an id outside the mapping (as the kernel refuses
+    /// an ACL with an id it cannot represent) or a malformed ACL.
+    pub fn disk_xattr(&self, key: &str, value: &[u8]) -> Result<Vec<u8>, Errno> {
+        if self.uids.is_identity() && self.gids.is_identity() || !ACL_XATTRS.contains(&key) {
+            return Ok(value.to_vec());
+        }
+        map_acl(value, |id| self.uids.disk(id), |id| self.gids.disk(id)).ok_or(Errno::INVAL)
+    }
+}
+
 /// The parsed value of `user.containers.override_stat`: `UID:GID:MODE[:TYPE...]`, ids in
 /// decimal and MODE in octal (containers/storage writes `1000:1000:0755:dir`; older versions
 /// and fuse-overlayfs wrote only the first three fields).
@@ -457,6 +516,44 @@ mod tests {
         ] {
             assert!(o.set(k, v).is_err(), "{k}={v:?}");
         }
+    }
+
+    #[test]
+    fn acl_ids_are_mapped() {
+        let p = IdPolicy {
+            uids: IdMap::parse("0:1000:10").unwrap(),
+            gids: IdMap::parse("0:2000:10").unwrap(),
+            ..IdPolicy::default()
+        };
+        let acl = |entries: &[(u16, u32)]| {
+            let mut v = ACL_VERSION.to_le_bytes().to_vec();
+            for &(tag, id) in entries {
+                v.extend(tag.to_le_bytes());
+                v.extend(6u16.to_le_bytes());
+                v.extend(id.to_le_bytes());
+            }
+            v
+        };
+        let key = "system.posix_acl_access";
+        let disk = acl(&[(1, u32::MAX), (ACL_USER, 3), (ACL_GROUP, 4), (ACL_USER, 50)]);
+        let shown = p.show_xattr(key, disk.clone());
+        let want = acl(&[
+            (1, u32::MAX),
+            (ACL_USER, 1003),
+            (ACL_GROUP, 2004),
+            (ACL_USER, 65534),
+        ]);
+        assert_eq!(shown, want);
+        let set = acl(&[(ACL_USER, 1003), (ACL_GROUP, 2004)]);
+        assert_eq!(
+            p.disk_xattr(key, &set),
+            Ok(acl(&[(ACL_USER, 3), (ACL_GROUP, 4)]))
+        );
+        assert_eq!(p.disk_xattr(key, &acl(&[(ACL_USER, 3)])), Err(Errno::INVAL));
+        assert_eq!(p.disk_xattr(key, b"\x02\0\0\0\x02"), Err(Errno::INVAL));
+        // Other xattrs, and every xattr without a mapping, pass unchanged.
+        assert_eq!(p.show_xattr("user.x", disk.clone()), disk);
+        assert_eq!(IdPolicy::default().show_xattr(key, disk.clone()), disk);
     }
 
     #[test]

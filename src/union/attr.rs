@@ -255,7 +255,7 @@ impl Union {
         Ok(())
     }
 
-    /// The value of xattr `key`.
+    /// The value of xattr `key` (the ids of a POSIX ACL mapped, see `IdPolicy::show_xattr`).
     ///
     /// Errors: ENODATA when absent, or private (the overlay's own xattrs do not exist for the
     /// user); ENOTSUP where the layer has no xattrs.
@@ -266,7 +266,8 @@ impl Union {
         }
         let _ns = self.ns.read();
         let node = self.node(ino)?;
-        self.with_top(&node, |dir, name| sys::xattr::get(dir, name, key))
+        let value = self.with_top(&node, |dir, name| sys::xattr::get(dir, name, key))?;
+        Ok(self.ids.show_xattr(key, value))
     }
 
     /// The names of the xattrs of `ino`, private ones left out.
@@ -278,20 +279,22 @@ impl Union {
         Ok(keys)
     }
 
-    /// Sets xattr `key` after copying the object up.
+    /// Sets xattr `key` after copying the object up (the ids of a POSIX ACL reverse-mapped).
     ///
-    /// Errors: EPERM for private overlay xattrs, EROFS, EEXIST/ENODATA per `flags`, ENOTSUP.
+    /// Errors: EPERM for private overlay xattrs, EROFS, EEXIST/ENODATA per `flags`, ENOTSUP,
+    /// EINVAL for an ACL naming an id outside the uid/gid mapping.
     pub fn setxattr(&self, ino: u64, key: &OsStr, value: &[u8], flags: u32) -> Result<(), Errno> {
         let key = key.to_str().ok_or(Errno::OPNOTSUPP)?;
         if format::is_private_xattr(key) {
             return Err(Errno::PERM);
         }
+        let value = self.ids.disk_xattr(key, value)?;
         self.copy_up(&self.node(ino)?, true)?;
         let _ns = self.ns.read();
         let node = self.node(ino)?;
         let flags = XattrFlags::from_bits(flags).ok_or(Errno::INVAL)?;
         self.with_top(&node, |dir, name| {
-            sys::xattr::set(dir, name, key, value, flags)
+            sys::xattr::set(dir, name, key, &value, flags)
         })
     }
 

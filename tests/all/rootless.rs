@@ -228,6 +228,40 @@ fn unmapped_owners_are_refused_with_eoverflow() {
 }
 
 #[test]
+fn posix_acl_ids_go_through_the_mapping() {
+    if !can_mount() || !have(&["setfacl", "getfacl"]) {
+        return;
+    }
+    // Kernel idmapped mounts map ACL ids too; fuse-overlayfs does not.
+    let stack = Stack::new(&["f secret s\nu secret 2:2\nm secret 600"]);
+    let _m = mount_unionmount(&stack, &format!("uidmapping={MAP},gidmapping={MAP}"));
+    let secret = stack.mnt.join("secret");
+    let s = secret.to_str().unwrap();
+    run_ok(&["setfacl", "-m", "u:100005:rw", s]);
+    let shown = run_ok(&["getfacl", "-n", "--omit-header", s]);
+    assert!(shown.contains("user:100005:rw-"), "{shown}");
+    let up = stack.upper.join("secret");
+    let stored = run_ok(&["getfacl", "-n", "--omit-header", up.to_str().unwrap()]);
+    assert!(stored.contains("user:6:rw-"), "{stored}");
+    // The kernel enforces the mapped entry: shown uid 100005 may write, 100006 may not.
+    as_id(100005, || fs::write(&secret, "granted")).unwrap();
+    let e = as_id(100006, || fs::write(&secret, "denied")).unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::PermissionDenied, "{e}");
+    assert_eq!(fs::read_to_string(&up).unwrap(), "granted");
+    // An entry for an id outside the mapping cannot be stored.
+    let out = Command::new("setfacl")
+        .args(["-m", "u:5:r", s])
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "setfacl with an unmapped uid succeeded"
+    );
+    let stored = run_ok(&["getfacl", "-n", "--omit-header", up.to_str().unwrap()]);
+    assert!(!stored.contains("user:5:"), "{stored}");
+}
+
+#[test]
 fn squash_options_match_fuse_overlayfs() {
     if !can_mount() || !have(&["fuse-overlayfs"]) {
         return;
