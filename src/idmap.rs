@@ -16,8 +16,8 @@
 //!   chown the upper refuses is ignored (fuse-overlayfs's behaviour: every object is shown
 //!   with the squashed owner anyway);
 //! - `override_stat` (written by containers/storage with `force_mask`) replaces the owner and
-//!   permission bits read from disk before the mapping applies; its value keeps any type
-//!   suffix it had when rewritten.
+//!   permission bits read from disk before the mapping applies, on objects the mounting user
+//!   owns; its value keeps any type suffix it had when rewritten.
 
 use rustix::fs::Stat;
 use rustix::io::Errno;

@@ -5,7 +5,7 @@
 use std::ffi::OsStr;
 use std::os::fd::AsFd;
 
-use rustix::fs::{AtFlags, FileType, Mode, OFlags, StatFs, Timespec, Timestamps, XattrFlags};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat, StatFs, Timespec, Timestamps, XattrFlags};
 
 use super::{Attr, Ctx, Union};
 use crate::format;
@@ -133,9 +133,7 @@ impl Union {
         // No rename may move the object while it is changed through its path.
         let _ns = self.ns.read();
         let node = self.node(node.ino).unwrap_or(node);
-        if self.override_stat {
-            self.set_override(&node, &mut set)?;
-        }
+        self.set_override(&node, &mut set)?;
         if let Some(size) = set.size {
             match set.fh.and_then(|fh| self.files.get(fh)) {
                 Some(h) if h.on_upper.load(std::sync::atomic::Ordering::Acquire) => {
@@ -185,8 +183,13 @@ impl Union {
         self.attr_of(&node)
     }
 
-    /// The `override_stat` of the topmost copy of `node`, if it carries a well-formed one.
-    pub(crate) fn override_of(&self, node: &Node) -> Option<OverrideStat> {
+    /// The `override_stat` of the topmost copy of `node` (whose disk stat is `st`), if it
+    /// carries a well-formed one that is honoured: in a union with `override_stat` enabled, on
+    /// an object we own (see `Union::mounter_uid`).
+    pub(crate) fn override_of(&self, node: &Node, st: &Stat) -> Option<OverrideStat> {
+        if !self.override_stat || st.st_uid != self.mounter_uid {
+            return None;
+        }
         let v = self
             .with_top(node, |dir, name| {
                 sys::xattr::get_opt(dir, name, OVERRIDE_STAT_XATTR)
@@ -200,10 +203,14 @@ impl Union {
     /// owner and mode that let the rootless user reach it. Takes the fields it handled out
     /// of `set`.
     fn set_override(&self, node: &Node, set: &mut SetAttr) -> Result<(), Errno> {
-        if set.uid.is_none() && set.gid.is_none() && set.mode.is_none() {
+        if !self.override_stat || set.uid.is_none() && set.gid.is_none() && set.mode.is_none() {
             return Ok(());
         }
-        let Some(mut o) = self.override_of(node) else {
+        let Some(path) = node.path() else {
+            return Ok(());
+        };
+        let st = self.stat_in(0, path)?;
+        let Some(mut o) = self.override_of(node, &st) else {
             return Ok(());
         };
         o.uid = set.uid.take().unwrap_or(o.uid);

@@ -87,6 +87,11 @@ pub struct Union {
     /// enables it per layer the same way; here one marked layer enables it for the union, so
     /// an object keeps its overridden owner across copy-up into an unmarked upper).
     override_stat: bool,
+    /// Our effective uid: `override_stat` is honoured only on objects we own, the ones
+    /// containers/storage writes it on. Anyone may set a `user.*` xattr on a file of their
+    /// own, so honouring it on a file of another user would let them show it as setuid root
+    /// in a union root mounts (fuse-overlayfs honours it on every file).
+    mounter_uid: u32,
 }
 
 impl Union {
@@ -130,6 +135,7 @@ impl Union {
             has_stale_attrs: Default::default(),
             ids: cfg.ids.clone(),
             override_stat,
+            mounter_uid: rustix::process::geteuid().as_raw(),
         };
         let root = u.resolve_root()?;
         u.remember(root);
@@ -192,9 +198,7 @@ impl Union {
 
     /// Builds the attributes the union shows for `node` from the backing stat `st`.
     fn attr_from(&self, node: &Node, mut st: Stat) -> Attr {
-        if self.override_stat
-            && let Some(o) = self.override_of(node)
-        {
+        if let Some(o) = self.override_of(node, &st) {
             o.apply(&mut st);
         }
         self.ids.show(&mut st);
