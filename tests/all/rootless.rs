@@ -350,10 +350,7 @@ fn override_stat_shows_owner_and_mode_and_stays_private() {
     assert_eq!(owners(&stack.mnt)[0], "ov 5:6 700");
     let up = stack.upper.join("ov");
     let md = fs::symlink_metadata(&up).unwrap();
-    assert_eq!(
-        (md.uid(), md.gid(), md.mode() & 0o7777),
-        (0, 0, 0o600)
-    );
+    assert_eq!((md.uid(), md.gid(), md.mode() & 0o7777), (0, 0, 0o600));
     let mut buf = [0u8; 64];
     let n = rustix::fs::lgetxattr(&up, key, &mut buf).unwrap();
     assert_eq!(&buf[..n], b"5:6:0700:file");
