@@ -16,7 +16,8 @@
 //! `config.upper.is_none()` exactly when `mount.read_only`; `config.workdir` is only ever `Some`
 //! together with an upper (its default is filled in later by `setup`, which does the I/O).
 //! Nothing here touches the layers; the only I/O is reading the current directory, the
-//! effective uid and /etc/fuse.conf to choose privilege-dependent defaults.
+//! effective uid, /proc/self/uid_map and /etc/fuse.conf to choose privilege-dependent
+//! defaults, and the kernel's overflow ids.
 
 mod options;
 
@@ -29,6 +30,8 @@ use clap::{ArgAction, CommandFactory, Parser};
 
 use crate::config::{Config, MountOptions, Passthrough, XattrNamespace};
 use options::{MountOpts, parse_mount_options};
+
+use crate::idmap;
 
 /// Everything the binary needs, parsed from the command line.
 #[derive(Clone, Debug)]
@@ -58,7 +61,17 @@ Mount options (-o, comma-separated, repeatable; the last of two opposites wins):
   upperdir=DIR           with lowerdir=: the upper directory (without it: read-only union)
   workdir=DIR            with upperdir=: the workdir (like --workdir)
   userxattr              keep overlay markers in user.overlay.* instead of trusted.overlay.*
-                         (always on when not run as root: trusted.* needs CAP_SYS_ADMIN)
+                         (on unless run as root of the initial user namespace: trusted.*
+                         needs CAP_SYS_ADMIN in it, which root of a user namespace, as in
+                         rootless podman or unshare -r, does not have)
+  uidmapping=ID:MAPPED-ID:LEN[,ID2:MAPPED-ID2:LEN2...]
+  gidmapping=...         show ids ID..ID+LEN stored in the layers as MAPPED-ID..; new owners
+                         are stored mapped back; unmapped stored ids show as 65534 and
+                         unmapped new owners are refused (EOVERFLOW); triples may be
+                         separated by ':' too (fuse-overlayfs's syntax, as podman passes it)
+  squash_to_root         show every object owned by 0:0
+  squash_to_uid=UID, squash_to_gid=GID
+                         show every object owned by UID / GID (over squash_to_root)
   timeout=SECONDS        how long the kernel caches entries and attributes (default 60;
                          0 = no caching, for lowers edited under a live mount)
   volatile               never sync the upper: fsync/fdatasync/syncfs through the union and
@@ -146,21 +159,41 @@ struct Args {
 /// The facts about the caller that defaults depend on.
 #[derive(Clone, Copy, Debug)]
 struct Privilege {
+    /// Root in the initial user namespace: may write trusted.* xattrs, honour suid and
+    /// devices, use passthrough.
     root: bool,
+    /// Root inside a user namespace (`unshare --user --map-root-user`, rootless podman):
+    /// mounts FUSE itself and may let the namespace's other users in, nothing more.
+    userns_root: bool,
     /// /etc/fuse.conf has `user_allow_other`.
     user_allow_other: bool,
 }
 
 impl Privilege {
     fn current() -> Privilege {
-        let root = rustix::process::geteuid().is_root();
+        let euid_root = rustix::process::geteuid().is_root();
+        let initial_ns =
+            std::fs::read_to_string("/proc/self/uid_map").map_or(true, |m| is_initial_uid_map(&m));
+        let root = euid_root && initial_ns;
         let user_allow_other = !root
             && std::fs::read_to_string("/etc/fuse.conf").is_ok_and(|s| fuse_conf_allows_other(&s));
         Privilege {
             root,
+            userns_root: euid_root && !initial_ns,
             user_allow_other,
         }
     }
+}
+
+/// True for the initial user namespace's uid_map: every id mapped to itself. Any other map
+/// means a user namespace, where trusted.* xattrs are refused even to its root.
+fn is_initial_uid_map(map: &str) -> bool {
+    let lines: Vec<Vec<&str>> = map
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .filter(|f: &Vec<&str>| !f.is_empty())
+        .collect();
+    lines == [["0", "0", "4294967295"]]
 }
 
 /// Parses the process's command line; prints help, version or a usage error and exits as
@@ -194,7 +227,7 @@ fn build(args: Args, privilege: Privilege) -> Result<Options, clap::Error> {
     let mut mount = MountOptions {
         allow_other: o
             .allow_other
-            .unwrap_or(privilege.root || privilege.user_allow_other),
+            .unwrap_or(privilege.root || privilege.userns_root || privilege.user_allow_other),
         default_permissions: o.default_permissions.unwrap_or(true),
         suid: o.suid.unwrap_or(privilege.root),
         dev: o.dev.unwrap_or(privilege.root),
@@ -222,8 +255,8 @@ fn build(args: Args, privilege: Privilege) -> Result<Options, clap::Error> {
     }
     mount.read_only = upper.is_none();
 
-    // Unprivileged processes cannot write trusted.* xattrs, so an unprivileged mount uses the
-    // kernel's userxattr format whether or not it was asked for.
+    // Unprivileged processes, and root in a user namespace, cannot write trusted.* xattrs, so
+    // such a mount uses the kernel's userxattr format whether or not it was asked for.
     let xattr_ns = if o.userxattr || !privilege.root {
         XattrNamespace::User
     } else {
@@ -235,6 +268,7 @@ fn build(args: Args, privilege: Privilege) -> Result<Options, clap::Error> {
     if let Some(t) = o.timeout {
         config.timeout = t;
     }
+    config.ids = o.ids.policy(idmap::kernel_overflow_ids());
     Ok(Options {
         config,
         mount,

@@ -6,6 +6,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::idmap::IdPolicy;
+
 /// Which namespace the overlay's private xattrs are written to in the upper.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum XattrNamespace {
@@ -42,6 +44,8 @@ pub struct Config {
     /// the union succeed without syncing, and copy-ups are not synced before being renamed
     /// into place. A crash may then lose recent changes or leave a copied-up file short.
     pub volatile: bool,
+    /// How ownership is shown and stored (mapping, squashing); identity by default.
+    pub ids: IdPolicy,
 }
 
 impl Config {
@@ -54,6 +58,7 @@ impl Config {
             xattr_ns: XattrNamespace::Trusted,
             timeout: DEFAULT_TIMEOUT,
             volatile: false,
+            ids: IdPolicy::default(),
         }
     }
 }

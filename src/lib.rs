@@ -16,6 +16,7 @@
 //! - [`layout`]: layer stacks for tests of layer semantics, built from a compact text
 //!   description, opened in-process or mounted through FUSE, and dumped as text (see its
 //!   example).
+//! - `idmap`: ownership as shown (uid/gid mapping, squashing, `override_stat`) for rootless use.
 //!
 //! Invariants held across modules: lowers are never written; every object that appears in the
 //! upper appears complete (built in the workdir, renamed into place); private overlay xattrs
@@ -28,6 +29,7 @@ pub mod cli;
 pub mod config;
 pub mod format;
 pub mod fuse;
+pub mod idmap;
 pub mod layer;
 pub mod layout;
 pub mod node;

@@ -8,8 +8,9 @@
 //! a path, as kernel overlayfs reads it; other backslash pairs, like `\:` in `lowerdir=`, are
 //! kept for the next parser). Empty options (`,,`) are skipped. Every option is classified
 //! exactly once: it sets a field, is accepted and ignored because it cannot change what we do
-//! (each group says why below), is not supported yet, or is unknown; the last two are collected
-//! and reported together so one run names every offending option.
+//! (each group says why below), or is unknown; unknown ones are collected and reported
+//! together so one run names every offending option. A `uidmapping=`/`gidmapping=` list cut at
+//! its commas is put back together first (see `IdOptions::rejoin`).
 
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
@@ -17,6 +18,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::config::Passthrough;
+use crate::idmap::IdOptions;
 
 /// `-o` options as given; `None` means "not mentioned, use the default".
 #[derive(Debug, Default, PartialEq)]
@@ -36,6 +38,8 @@ pub(super) struct MountOpts {
     pub upperdir: Option<PathBuf>,
     pub workdir: Option<PathBuf>,
     pub volatile: bool,
+    /// uid/gid mapping and squashing (`idmap`).
+    pub ids: IdOptions,
 }
 
 /// Options that mean nothing to a FUSE union and are accepted so that an fstab line or a
@@ -69,21 +73,16 @@ fn ignored(key: &str, value: Option<&[u8]>) -> bool {
     }
 }
 
-/// Options another part of unionmount will implement; refused by name until then.
-fn not_supported_yet(key: &str) -> bool {
-    matches!(
-        key,
-        "uidmapping" | "gidmapping" | "squash_to_root" | "squash_to_uid" | "squash_to_gid"
-    )
-}
-
 /// Parses every `-o` value (see the module docs).
 pub(super) fn parse_mount_options(values: &[OsString]) -> Result<MountOpts, String> {
     let mut o = MountOpts::default();
     let mut unknown = Vec::new();
-    let mut unsupported = Vec::new();
+    let mut tokens = Vec::new();
     for v in values {
-        for opt in split_options(v.as_bytes())? {
+        tokens.extend(split_options(v.as_bytes())?);
+    }
+    {
+        for opt in IdOptions::rejoin(tokens) {
             let (key, value) = match opt.iter().position(|&b| b == b'=') {
                 Some(i) => (&opt[..i], Some(&opt[i + 1..])),
                 None => (&opt[..], None),
@@ -96,40 +95,20 @@ pub(super) fn parse_mount_options(values: &[OsString]) -> Result<MountOpts, Stri
             if ignored(key, value) {
                 continue;
             }
-            if not_supported_yet(key) {
-                unsupported.push(shown());
-                continue;
-            }
             if !set(&mut o, key, value)? {
                 unknown.push(shown());
             }
         }
     }
-    let quoted = |list: &[String]| -> String {
-        let l: Vec<String> = list.iter().map(|u| format!("'{u}'")).collect();
-        l.join(", ")
-    };
-    let plural = |list: &[String]| if list.len() > 1 { "s" } else { "" };
-    let mut errors = Vec::new();
-    if !unsupported.is_empty() {
-        errors.push(format!(
-            "mount option{} {} not supported yet (id mapping and squashing are planned)",
-            plural(&unsupported),
-            quoted(&unsupported)
-        ));
+    if unknown.is_empty() {
+        return Ok(o);
     }
-    if !unknown.is_empty() {
-        errors.push(format!(
-            "unknown mount option{} {} (see --help for the supported -o options)",
-            plural(&unknown),
-            quoted(&unknown)
-        ));
-    }
-    if errors.is_empty() {
-        Ok(o)
-    } else {
-        Err(errors.join("; "))
-    }
+    let quoted: Vec<String> = unknown.iter().map(|u| format!("'{u}'")).collect();
+    Err(format!(
+        "unknown mount option{} {} (see --help for the supported -o options)",
+        if unknown.len() > 1 { "s" } else { "" },
+        quoted.join(", ")
+    ))
 }
 
 /// Applies one option to `o`; false if it is not one of ours. Errors: a known option with a
@@ -163,6 +142,10 @@ fn set(o: &mut MountOpts, key: &str, value: Option<&[u8]>) -> Result<bool, Strin
         ("ro", None) => o.read_only = Some(true),
         ("rw", None) => o.read_only = Some(false),
         ("volatile", None) => o.volatile = true,
+        (k, v) if IdOptions::KEYS.contains(&k) => {
+            let v = v.map(text).transpose()?;
+            o.ids.set(k, v.as_deref())?
+        }
         // As with kernel overlayfs, a later lowerdir= replaces an earlier one.
         ("lowerdir", Some(v)) => o.lowerdir = Some(dir(v)?),
         ("upperdir", Some(v)) => o.upperdir = Some(dir(v)?.into()),
@@ -305,18 +288,24 @@ mod tests {
         ])
         .unwrap_err();
         assert!(
-            e.contains("'uidmapping=0:1000:1', 'squash_to_root' not supported yet"),
-            "{e}"
-        );
-        assert!(
             e.contains("unknown mount options 'bogus', 'metacopy=on', 'sync'"),
             "{e}"
         );
-        for key in ["gidmapping=0:1:1", "squash_to_uid=5", "squash_to_gid=5"] {
-            let e = parse(&[key]).unwrap_err();
-            assert!(e.contains(key) && e.contains("not supported yet"), "{e}");
-        }
         let e = parse(&["context=\"a"]).unwrap_err();
         assert!(e.contains("unterminated"), "{e}");
+    }
+
+    /// A mapping list cut at its commas is one option again; the id options reach `idmap`.
+    #[test]
+    fn id_options_survive_the_comma_split() {
+        let o = parse(&["nodev,uidmapping=0:1000:1,1:100000:65536,squash_to_gid=7"]).unwrap();
+        assert_eq!(o.dev, Some(false));
+        assert_eq!(o.ids, {
+            let mut ids = IdOptions::default();
+            ids.set("uidmapping", Some("0:1000:1,1:100000:65536"))
+                .unwrap();
+            ids.set("squash_to_gid", Some("7")).unwrap();
+            ids
+        });
     }
 }

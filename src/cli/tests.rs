@@ -5,10 +5,17 @@ use std::time::Duration;
 
 const ROOT: Privilege = Privilege {
     root: true,
+    userns_root: false,
     user_allow_other: false,
 };
 const USER: Privilege = Privilege {
     root: false,
+    userns_root: false,
+    user_allow_other: false,
+};
+const USERNS_ROOT: Privilege = Privilege {
+    root: false,
+    userns_root: true,
     user_allow_other: false,
 };
 
@@ -76,8 +83,8 @@ fn privilege_defaults() {
     assert_eq!(u.config.xattr_ns, XattrNamespace::User);
     let u2 = parse_as(
         Privilege {
-            root: false,
             user_allow_other: true,
+            ..USER
         },
         &["l", "u", "m"],
     )
@@ -152,10 +159,7 @@ fn passthrough_option() {
             .to_string();
         assert!(err.contains(bad), "{bad}: {err}");
     }
-    let user = Privilege {
-        root: false,
-        user_allow_other: false,
-    };
+    let user = USER;
     let err = parse_as(user, &["-o", "passthrough=on", "l", "u", "m"])
         .unwrap_err()
         .to_string();
@@ -258,7 +262,7 @@ fn form_errors() {
         (&["-o", "lowerdir=/a::/b", "m"], "empty lower directory"),
         (&["only-one"], "missing MOUNTPOINT"),
         (&["a", "b", "c", "d"], "too many arguments"),
-        (&["-o", "squash_to_root", "l", "m"], "not supported yet"),
+        (&["-o", "squash_to_root=1", "l", "m"], "squash_to_root"),
     ] {
         let err = parse_as(ROOT, args).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::InvalidValue, "{args:?}");
@@ -289,4 +293,53 @@ fn help_has_examples() {
     let help = Args::command().render_long_help().to_string();
     assert!(help.contains("Examples:") && help.contains("userxattr"));
     Args::command().debug_assert();
+}
+
+#[test]
+fn userns_root_defaults() {
+    let o = parse_as(USERNS_ROOT, &["l", "u", "m"]).unwrap();
+    assert_eq!(o.config.xattr_ns, XattrNamespace::User);
+    assert!(o.mount.allow_other && o.mount.default_permissions);
+    assert!(!o.mount.suid && !o.mount.dev);
+    let err = parse_as(USERNS_ROOT, &["-o", "passthrough=on", "l", "u", "m"]).unwrap_err();
+    assert!(err.to_string().contains("needs root"), "{err}");
+    assert!(is_initial_uid_map("         0          0 4294967295\n"));
+    assert!(!is_initial_uid_map("         0          0          1\n"));
+    assert!(!is_initial_uid_map("0 1000 1\n1 100000 65536\n"));
+    assert!(!is_initial_uid_map(""));
+}
+
+#[test]
+fn id_options() {
+    // The forms podman and the man page write; the squash and mapping details are idmap's
+    // tests.
+    let opts = "uidmapping=:0:1000:1:1:100000:65536,gidmapping=0:2000:1,1:3000:9,nosuid";
+    let o = parse_as(ROOT, &["-o", opts, "-o", "squash_to_uid=5", "l", "u", "m"]).unwrap();
+    let ids = &o.config.ids;
+    assert_eq!(
+        (ids.uids.shown(2), ids.gids.shown(3)),
+        (Some(100001), Some(3002))
+    );
+    assert_eq!(
+        (ids.squash_uid, ids.squash_gid, o.mount.suid),
+        (Some(5), None, false)
+    );
+    assert!(
+        parse_as(ROOT, &["l", "u", "m"])
+            .unwrap()
+            .config
+            .ids
+            .is_identity()
+    );
+    for bad in [
+        "uidmapping=0:1",
+        "gidmapping=",
+        "squash_to_uid=x",
+        "squash_to_root=1",
+    ] {
+        let err = parse_as(ROOT, &["-o", bad, "l", "u", "m"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(bad.split('=').next().unwrap()), "{bad}: {err}");
+    }
 }

@@ -55,9 +55,17 @@ pub fn aufs_whiteout_name(name: &OsStr) -> std::ffi::OsString {
     s
 }
 
-/// True when `key` is one of the overlay's private xattrs, never shown or settable.
+/// True when `key` is one of the overlay's private xattrs, never shown or settable. The
+/// `override_stat` xattr is private too: settable through the mount, it would let a user show
+/// any file as owned by root with the set-user-id bit.
 pub fn is_private_xattr(key: &str) -> bool {
-    PRIVATE_PREFIXES.iter().any(|p| key.starts_with(p))
+    PRIVATE_PREFIXES.iter().any(|p| key.starts_with(p)) || key == crate::idmap::OVERRIDE_STAT_XATTR
+}
+
+/// True when copy-up carries `key` to the upper: every xattr the user sees, and
+/// `override_stat`, which belongs to the object (its owner and mode as shown), not the layer.
+pub fn is_copied_up(key: &str) -> bool {
+    !is_private_xattr(key) || key == crate::idmap::OVERRIDE_STAT_XATTR
 }
 
 /// What an `overlay.opaque` value says about a directory.

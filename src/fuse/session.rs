@@ -137,11 +137,31 @@ pub fn serve(
                 on_ready();
             }
         })?;
-    let result = session.run();
+    let result = run_without_final_unmount(session);
     let _ = announcer.join();
     debug!("session for {} ended: {result:?}", mountpoint.display());
     handle.close();
     let _ = watcher.join();
+    result
+}
+
+/// Runs the session until the union is unmounted, without fuser's unmount of the mountpoint
+/// path when it ends. That unmount cannot tell the union is already gone (its `is_mounted`
+/// takes the disconnected device's POLLERR for "mounted"), so it would take down whatever
+/// was mounted on the directory since: the next mount of a container's rootfs, a kernel
+/// overlay over the same upper. After an error the union may still be mounted, and fuser's
+/// unmount runs as before.
+fn run_without_final_unmount(session: Session<Adapter>) -> io::Result<()> {
+    // spawn() moves the mount out of the session into the handle, whose drop unmounts; the
+    // handle's join consumes it, so its public thread handle is swapped out and joined here.
+    let mut background = session.spawn()?;
+    let guard = std::mem::replace(&mut background.guard, thread::spawn(|| Ok(())));
+    let result = guard
+        .join()
+        .unwrap_or_else(|_| Err(io::Error::other("the session thread panicked")));
+    if result.is_ok() {
+        std::mem::forget(background);
+    }
     result
 }
 

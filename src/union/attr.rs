@@ -5,10 +5,11 @@
 use std::ffi::OsStr;
 use std::os::fd::AsFd;
 
-use rustix::fs::{AtFlags, FileType, Mode, OFlags, StatFs, Timespec, Timestamps, XattrFlags};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat, StatFs, Timespec, Timestamps, XattrFlags};
 
 use super::{Attr, Ctx, Union};
 use crate::format;
+use crate::idmap::{OVERRIDE_STAT_XATTR, OverrideStat};
 use crate::node::Node;
 use crate::sys::{self, Errno};
 
@@ -49,14 +50,24 @@ fn timespec(t: Option<SetTime>) -> Timespec {
     }
 }
 
+/// The result of a chown of the upper; under squashing a refusal is ignored, as
+/// fuse-overlayfs does (the owner shown is the squashed one either way).
+pub(super) fn chown_result(r: Result<(), Errno>, squash: bool) -> Result<(), Errno> {
+    match r {
+        Err(Errno::PERM | Errno::INVAL) if squash => Ok(()),
+        r => r,
+    }
+}
+
 /// Applies owner, mode and time changes of `set` to an open fd.
-fn apply_fd(fd: std::os::fd::BorrowedFd<'_>, set: &SetAttr) -> Result<(), Errno> {
+fn apply_fd(fd: std::os::fd::BorrowedFd<'_>, set: &SetAttr, squash: bool) -> Result<(), Errno> {
     if set.uid.is_some() || set.gid.is_some() {
-        rustix::fs::fchown(
+        let r = rustix::fs::fchown(
             fd,
             set.uid.map(rustix::fs::Uid::from_raw),
             set.gid.map(rustix::fs::Gid::from_raw),
-        )?;
+        );
+        chown_result(r, squash)?;
     }
     if let Some(mode) = set.mode {
         rustix::fs::fchmod(fd, Mode::from_raw_mode(mode & 0o7777))?;
@@ -94,12 +105,21 @@ impl Union {
         Ok(self.attr_from(node, st))
     }
 
-    /// Changes attributes of `ino`, copying it up first.
+    /// Changes attributes of `ino`, copying it up first. New owners are shown ids, stored
+    /// reverse-mapped (`idmap`); on an object carrying `override_stat`, owner and mode changes
+    /// go to that xattr instead (see `set_override`).
     ///
-    /// Errors: EROFS (read-only union), ENOENT, EISDIR (truncate of a directory), and what the
-    /// upper filesystem gives (EPERM, EINVAL, ENOSPC).
+    /// Errors: EROFS (read-only union), ENOENT, EISDIR (truncate of a directory), EOVERFLOW (an
+    /// owner outside the uid/gid mapping), and what the upper filesystem gives (EPERM, EINVAL,
+    /// ENOSPC).
     pub fn setattr(&self, _ctx: &Ctx, ino: u64, set: &SetAttr) -> Result<Attr, Errno> {
         let node = self.node(ino)?;
+        let mut set = SetAttr {
+            uid: set.uid.map(|u| self.ids.disk_uid(u)).transpose()?,
+            gid: set.gid.map(|g| self.ids.disk_gid(g)).transpose()?,
+            ..*set
+        };
+        let squash = self.ids.squashes();
         // Refuse what cannot succeed before copying anything up (the kernel's VFS refuses
         // these before overlayfs is asked).
         if set.size.is_some() && node.is_dir() {
@@ -113,6 +133,7 @@ impl Union {
         // No rename may move the object while it is changed through its path.
         let _ns = self.ns.read();
         let node = self.node(node.ino).unwrap_or(node);
+        self.set_override(&node, &mut set)?;
         if let Some(size) = set.size {
             match set.fh.and_then(|fh| self.files.get(fh)) {
                 Some(h) if h.on_upper.load(std::sync::atomic::Ordering::Acquire) => {
@@ -127,13 +148,16 @@ impl Union {
         }
         match node.path() {
             // The root has no parent to act through: change the upper root itself.
-            Some(p) if p.as_os_str().is_empty() => apply_fd(self.layers[0].root.as_fd(), set)?,
+            Some(p) if p.as_os_str().is_empty() => {
+                apply_fd(self.layers[0].root.as_fd(), &set, squash)?
+            }
             Some(path) => {
                 let (dir, name) = self.open_parent(0, path)?;
                 if set.uid.is_some() || set.gid.is_some() {
                     let uid = set.uid.map(rustix::fs::Uid::from_raw);
                     let gid = set.gid.map(rustix::fs::Gid::from_raw);
-                    rustix::fs::chownat(&dir, name, uid, gid, AtFlags::SYMLINK_NOFOLLOW)?;
+                    let r = rustix::fs::chownat(&dir, name, uid, gid, AtFlags::SYMLINK_NOFOLLOW);
+                    chown_result(r, squash)?;
                 }
                 if let Some(mode) = set.mode {
                     sys::path::chmod_nofollow(
@@ -153,10 +177,55 @@ impl Union {
             // Unlinked but open: change what the handle points at.
             None => {
                 let h = self.files.find(|h| h.ino == node.ino).ok_or(Errno::NOENT)?;
-                apply_fd(h.fd.read().as_fd(), set)?;
+                apply_fd(h.fd.read().as_fd(), &set, squash)?;
             }
         }
         self.attr_of(&node)
+    }
+
+    /// The `override_stat` of the topmost copy of `node` (whose disk stat is `st`), if it
+    /// carries a well-formed one that is honoured: in a union with `override_stat` enabled, on
+    /// an object we own (see `Union::mounter_uid`).
+    pub(crate) fn override_of(&self, node: &Node, st: &Stat) -> Option<OverrideStat> {
+        if !self.override_stat || st.st_uid != self.mounter_uid {
+            return None;
+        }
+        let v = self
+            .with_top(node, |dir, name| {
+                sys::xattr::get_opt(dir, name, OVERRIDE_STAT_XATTR)
+            })
+            .ok()??;
+        OverrideStat::parse(&v)
+    }
+
+    /// On an object (already in the upper) that carries `override_stat`, a chown or chmod
+    /// rewrites that value instead of the file, as fuse-overlayfs does: the file keeps the
+    /// owner and mode that let the rootless user reach it. Takes the fields it handled out
+    /// of `set`.
+    fn set_override(&self, node: &Node, set: &mut SetAttr) -> Result<(), Errno> {
+        if !self.override_stat || set.uid.is_none() && set.gid.is_none() && set.mode.is_none() {
+            return Ok(());
+        }
+        let Some(path) = node.path() else {
+            return Ok(());
+        };
+        let st = self.stat_in(0, path)?;
+        let Some(mut o) = self.override_of(node, &st) else {
+            return Ok(());
+        };
+        o.uid = set.uid.take().unwrap_or(o.uid);
+        o.gid = set.gid.take().unwrap_or(o.gid);
+        o.mode = set.mode.take().map_or(o.mode, |m| m & 0o7777);
+        let value = o.to_value();
+        self.with_top(node, |dir, name| {
+            sys::xattr::set(
+                dir,
+                name,
+                OVERRIDE_STAT_XATTR,
+                value.as_bytes(),
+                XattrFlags::empty(),
+            )
+        })
     }
 
     /// The target of symlink `ino`.
@@ -193,7 +262,7 @@ impl Union {
         Ok(())
     }
 
-    /// The value of xattr `key`.
+    /// The value of xattr `key` (the ids of a POSIX ACL mapped, see `IdPolicy::show_xattr`).
     ///
     /// Errors: ENODATA when absent, or private (the overlay's own xattrs do not exist for the
     /// user); ENOTSUP where the layer has no xattrs.
@@ -204,7 +273,8 @@ impl Union {
         }
         let _ns = self.ns.read();
         let node = self.node(ino)?;
-        self.with_top(&node, |dir, name| sys::xattr::get(dir, name, key))
+        let value = self.with_top(&node, |dir, name| sys::xattr::get(dir, name, key))?;
+        Ok(self.ids.show_xattr(key, value))
     }
 
     /// The names of the xattrs of `ino`, private ones left out.
@@ -216,20 +286,22 @@ impl Union {
         Ok(keys)
     }
 
-    /// Sets xattr `key` after copying the object up.
+    /// Sets xattr `key` after copying the object up (the ids of a POSIX ACL reverse-mapped).
     ///
-    /// Errors: EPERM for private overlay xattrs, EROFS, EEXIST/ENODATA per `flags`, ENOTSUP.
+    /// Errors: EPERM for private overlay xattrs, EROFS, EEXIST/ENODATA per `flags`, ENOTSUP,
+    /// EINVAL for an ACL naming an id outside the uid/gid mapping.
     pub fn setxattr(&self, ino: u64, key: &OsStr, value: &[u8], flags: u32) -> Result<(), Errno> {
         let key = key.to_str().ok_or(Errno::OPNOTSUPP)?;
         if format::is_private_xattr(key) {
             return Err(Errno::PERM);
         }
+        let value = self.ids.disk_xattr(key, value)?;
         self.copy_up(&self.node(ino)?, true)?;
         let _ns = self.ns.read();
         let node = self.node(ino)?;
         let flags = XattrFlags::from_bits(flags).ok_or(Errno::INVAL)?;
         self.with_top(&node, |dir, name| {
-            sys::xattr::set(dir, name, key, value, flags)
+            sys::xattr::set(dir, name, key, &value, flags)
         })
     }
 
@@ -252,7 +324,7 @@ impl Union {
 
     /// Runs `f` on the topmost copy of `node` as (directory fd, name); the root is the layer
     /// root itself (name `None`).
-    fn with_top<T>(
+    pub(crate) fn with_top<T>(
         &self,
         node: &Node,
         f: impl FnOnce(std::os::fd::BorrowedFd<'_>, Option<&OsStr>) -> Result<T, Errno>,

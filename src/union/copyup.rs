@@ -308,7 +308,8 @@ fn times_of(st: &Stat) -> Timestamps {
     }
 }
 
-/// Copies the xattrs of `name` in `src_dir` to `tmp` in `dst_dir`, leaving out private ones.
+/// Copies the xattrs of `name` in `src_dir` to `tmp` in `dst_dir`, leaving out private ones
+/// (but keeping `override_stat`, see `format::is_copied_up`).
 /// A namespace the upper refuses (e.g. `user.*` on a symlink) is skipped, as the kernel does
 /// for xattrs it cannot copy.
 fn copy_xattrs(
@@ -318,7 +319,7 @@ fn copy_xattrs(
     tmp: &OsStr,
 ) -> Result<(), Errno> {
     for key in sys::xattr::list(src_dir, Some(name))? {
-        if crate::format::is_private_xattr(&key) {
+        if !crate::format::is_copied_up(&key) {
             continue;
         }
         let Some(value) = sys::xattr::get_opt(src_dir, Some(name), &key)? else {

@@ -31,7 +31,8 @@ impl Union {
     ///
     /// Errors: EEXIST, EROFS, ENOENT/ENOTDIR (parent), EPERM (devices without privilege, or
     /// a char device 0/0, which would be a whiteout), EINVAL (a name that is not one
-    /// component, or a `.wh.*` marker name).
+    /// component, or a `.wh.*` marker name), EOVERFLOW (the caller's uid or gid is outside
+    /// the uid/gid mapping).
     pub fn mknod(
         &self,
         ctx: &Ctx,
@@ -155,13 +156,18 @@ impl Union {
         let up = self.upper()?;
         let pnode = self.node(parent)?;
         self.check_new_name(&pnode, name)?;
+        // The caller's ids as stored, refused (EOVERFLOW) before anything is copied up. A
+        // link keeps its file's owner and takes none.
+        let caller = match spec {
+            NewObject::Link(..) => None,
+            _ => Some((self.ids.disk_uid(ctx.uid)?, self.ids.disk_gid(ctx.gid)?)),
+        };
         let pnode = self.copy_up_locked(&pnode, true)?;
         let ppath = pnode.path().ok_or(Errno::NOENT)?.to_path_buf();
         let dir = self.layers[0].open_dir(&ppath)?;
         let pst = sys::path::fstat(&dir)?;
         // A setgid directory gives its group to new objects (and setgid to new directories).
         let setgid = pst.st_mode & 0o2000 != 0;
-        let gid = if setgid { pst.st_gid } else { ctx.gid };
         let mut perm = mode & 0o7777 & !(ctx.umask & 0o777);
         if setgid && matches!(spec, NewObject::Dir) {
             perm |= 0o2000;
@@ -187,7 +193,6 @@ impl Union {
                 over_whiteout = true;
             }
         }
-        let is_link = matches!(spec, NewObject::Link(..));
         let is_dir = matches!(spec, NewObject::Dir);
         let (target_dir, target_name) = if over_whiteout {
             (up.work.as_fd(), up.tmp_name())
@@ -196,9 +201,13 @@ impl Union {
         };
         // Nothing exists under `target_name` if `make` fails, so only a made object is removed.
         let fd = make(target_dir, &target_name, &spec)?;
-        if !is_link && let Err(e) = own(target_dir, &target_name, ctx.uid, gid, perm, &spec) {
-            let _ = remove_tree(target_dir, &target_name);
-            return Err(e);
+        if let Some((uid, gid)) = caller {
+            let gid = if setgid { pst.st_gid } else { gid };
+            let squash = self.ids.squashes();
+            if let Err(e) = own(target_dir, &target_name, (uid, gid), perm, &spec, squash) {
+                let _ = remove_tree(target_dir, &target_name);
+                return Err(e);
+            }
         }
         if over_whiteout {
             let swapped = if is_dir {
@@ -244,22 +253,24 @@ fn make(dir: BorrowedFd<'_>, name: &OsStr, spec: &NewObject<'_>) -> Result<Optio
     }
 }
 
-/// Gives the new object its owner and mode (chown first: it would clear setgid).
+/// Gives the new object its (disk) owner and mode (chown first: it would clear setgid).
+/// Under squashing a refused chown is ignored, as fuse-overlayfs does.
 fn own(
     dir: BorrowedFd<'_>,
     name: &OsStr,
-    uid: u32,
-    gid: u32,
+    (uid, gid): (u32, u32),
     perm: u32,
     spec: &NewObject<'_>,
+    squash: bool,
 ) -> Result<(), Errno> {
-    rustix::fs::chownat(
+    let r = rustix::fs::chownat(
         dir,
         name,
         Some(Uid::from_raw(uid)),
         Some(Gid::from_raw(gid)),
         AtFlags::SYMLINK_NOFOLLOW,
-    )?;
+    );
+    super::attr::chown_result(r, squash)?;
     if !matches!(spec, NewObject::Symlink(_)) {
         // Made in an upper directory, where it could be replaced behind our back: never
         // follow what is there now.

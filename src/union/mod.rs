@@ -28,6 +28,7 @@ use parking_lot::RwLock;
 use rustix::fs::Stat;
 
 use crate::config::Config;
+use crate::idmap::{self, IdPolicy};
 use crate::layer::{Layer, LowerKeys, Upper};
 use crate::node::handle::{DirHandle, FileHandle, Handles};
 use crate::node::{Node, NodeTable};
@@ -82,6 +83,17 @@ pub struct Union {
     has_stale_attrs: std::sync::atomic::AtomicBool,
     /// `Config::volatile`: skip every sync of the upper.
     volatile: bool,
+    /// How owners are shown and stored (`idmap`).
+    ids: IdPolicy,
+    /// Some layer root carries `override_stat`, so objects are checked for it (fuse-overlayfs
+    /// enables it per layer the same way; here one marked layer enables it for the union, so
+    /// an object keeps its overridden owner across copy-up into an unmarked upper).
+    override_stat: bool,
+    /// Our effective uid: `override_stat` is honoured only on objects we own, the ones
+    /// containers/storage writes it on. Anyone may set a `user.*` xattr on a file of their
+    /// own, so honouring it on a file of another user would let them show it as setuid root
+    /// in a union root mounts (fuse-overlayfs honours it on every file).
+    mounter_uid: u32,
 }
 
 impl Union {
@@ -107,6 +119,11 @@ impl Union {
         if layers.is_empty() {
             return Err(Errno::INVAL);
         }
+        let mut override_stat = false;
+        for l in &layers {
+            override_stat |=
+                sys::xattr::get_opt(l.root.as_fd(), None, idmap::OVERRIDE_STAT_XATTR)?.is_some();
+        }
         let u = Union {
             layers,
             upper,
@@ -119,6 +136,9 @@ impl Union {
             stale_attrs: Default::default(),
             has_stale_attrs: Default::default(),
             volatile: cfg.volatile,
+            ids: cfg.ids.clone(),
+            override_stat,
+            mounter_uid: rustix::process::geteuid().as_raw(),
         };
         let root = u.resolve_root()?;
         u.remember(root);
@@ -181,6 +201,10 @@ impl Union {
 
     /// Builds the attributes the union shows for `node` from the backing stat `st`.
     fn attr_from(&self, node: &Node, mut st: Stat) -> Attr {
+        if let Some(o) = self.override_of(node, &st) {
+            o.apply(&mut st);
+        }
+        self.ids.show(&mut st);
         st.st_ino = node.ino;
         if node.is_dir() && node.is_merged() {
             // Like the kernel: counting subdirectories of every layer is not worth it, and

@@ -19,6 +19,7 @@ mod podman;
 mod posix;
 mod random;
 mod regression;
+mod rootless;
 mod script;
 mod security;
 mod semantics;

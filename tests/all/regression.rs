@@ -836,3 +836,39 @@ fn copy_up_keeps_parent_directory_times() {
         "the root's mtime changed by the copy-up"
     );
 }
+
+/// Found by tests/all/rootless.rs: after `umount MNT`, the exiting daemon unmounted MNT by
+/// path once more (fuser's session end cannot tell the union is already gone), taking down
+/// whatever had been mounted on the directory in the meantime: there a kernel overlay over
+/// the same upper; with podman, the next mount of a container's rootfs.
+#[test]
+fn daemon_exit_after_umount_leaves_the_next_mount_on_the_directory_alone() {
+    use crate::cli::{can_mount, is_mounted, spawn_foreground, wait_for};
+    use rustix::mount::{MountFlags, UnmountFlags};
+    if !can_mount() {
+        return;
+    }
+    let s = Stack::new(&["f a x"]);
+    // The daemon's exit races with the next mount; a few rounds make a loss near certain.
+    for round in 0..20 {
+        let mut fg = spawn_foreground(&[&s.lowers[0], &s.upper, &s.mnt], &s.mnt);
+        // EBUSY while the daemon's start-up still touches the mount.
+        wait_for("umount", || {
+            rustix::mount::unmount(&s.mnt, UnmountFlags::empty()) != Err(Errno::BUSY)
+        });
+        assert!(!is_mounted(&s.mnt));
+        rustix::mount::mount("none", &s.mnt, "tmpfs", MountFlags::empty(), None).unwrap();
+        wait_for("the daemon to exit", || {
+            fg.child.try_wait().unwrap().is_some()
+        });
+        let kept = is_mounted(&s.mnt);
+        if kept {
+            rustix::mount::unmount(&s.mnt, UnmountFlags::empty()).unwrap();
+        }
+        assert!(
+            kept,
+            "round {round}: the exiting daemon unmounted the next mount"
+        );
+        drop(fg);
+    }
+}
