@@ -171,7 +171,7 @@ impl Union {
     /// copy_file_range(2) between two open files: the kernel copies (or reflinks) the data
     /// between the layer files itself, so it never passes through the daemon. Where the layer
     /// files are on different filesystems that cannot copy between them, it copies at most
-    /// [`COPY_CHUNK`] bytes here; a short count is allowed and the caller comes back for more.
+    /// `COPY_CHUNK` (1 MiB) here; a short count is allowed and the caller comes back for more.
     ///
     /// Errors: EBADF (unknown handle), ENOSPC, EFBIG, EIO from the layer files.
     pub fn copy_file_range(
