@@ -8,9 +8,13 @@
 pub mod upper;
 
 use std::ffi::OsStr;
+use std::num::NonZeroUsize;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use lru::LruCache;
+use parking_lot::Mutex;
 use rustix::fs::{FileType, OFlags, Stat};
 
 use crate::format::{self, MarkerKeys, OpaqueValue};
@@ -23,7 +27,14 @@ pub struct Layer {
     /// Path given on the command line (for messages only; never used to resolve).
     pub path: PathBuf,
     pub root: OwnedFd,
+    /// Directories of a lower recently looked in, by union path (see `lookup_dir`); `None`
+    /// for the upper, whose directories move under us, and when lowers may change.
+    dirs: Option<Mutex<LruCache<PathBuf, Arc<OwnedFd>>>>,
 }
+
+/// Directory fds a lower keeps open for lookups: enough for the working set of a walk or a
+/// build, few enough to stay far below the fd limit.
+const DIR_CACHE: NonZeroUsize = NonZeroUsize::new(256).unwrap();
 
 /// What a layer holds at one name.
 #[derive(Debug)]
@@ -68,7 +79,41 @@ impl Layer {
         Ok(Layer {
             path: path.to_path_buf(),
             root,
+            dirs: None,
         })
+    }
+
+    /// Wraps an already open root (the upper's, shared with `Upper`).
+    pub fn from_root(path: PathBuf, root: OwnedFd) -> Layer {
+        Layer {
+            path,
+            root,
+            dirs: None,
+        }
+    }
+
+    /// Lets `lookup_dir` keep directories of this layer open. Only for a lower that nothing
+    /// changes while mounted: a cached fd stays on the directory it was opened on.
+    pub fn cache_dirs(&mut self) {
+        self.dirs = Some(Mutex::new(LruCache::new(DIR_CACHE)));
+    }
+
+    /// `open_dir_opt` for looking names up: from the cache when this layer has one. Every
+    /// lookup opened the parent directory in each layer from the layer root, one path walk
+    /// and one open/close per layer per request; a lower's directories never move, so the
+    /// fd can be reused. Not for listing (the fd's position would be shared).
+    pub fn lookup_dir(&self, rel: &Path) -> Result<Option<Arc<OwnedFd>>, Errno> {
+        let Some(cache) = &self.dirs else {
+            return Ok(self.open_dir_opt(rel)?.map(Arc::new));
+        };
+        if let Some(fd) = cache.lock().get(rel) {
+            return Ok(Some(fd.clone()));
+        }
+        let fd = self.open_dir_opt(rel)?.map(Arc::new);
+        if let Some(fd) = &fd {
+            cache.lock().put(rel.to_path_buf(), fd.clone());
+        }
+        Ok(fd)
     }
 
     /// The directory at union path `rel` in this layer.
@@ -166,4 +211,45 @@ pub fn dir_xattr_markers(
         }
     }
     Ok(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A lower with the cache hands out one fd per directory, still the directory it was
+    /// opened on; without the cache every lookup opens afresh; absent directories are None.
+    #[test]
+    fn lookup_dir_reuses_a_lower_directory() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(t.path().join("a/b")).unwrap();
+        let mut lower = Layer::open(t.path()).unwrap();
+        let plain = Layer::open(t.path()).unwrap();
+        lower.cache_dirs();
+        let first = lower.lookup_dir(Path::new("a/b")).unwrap().unwrap();
+        let again = lower.lookup_dir(Path::new("a/b")).unwrap().unwrap();
+        assert!(Arc::ptr_eq(&first, &again));
+        let fresh = plain.lookup_dir(Path::new("a/b")).unwrap().unwrap();
+        assert!(!Arc::ptr_eq(
+            &fresh,
+            &plain.lookup_dir(Path::new("a/b")).unwrap().unwrap()
+        ));
+        assert_eq!(
+            sys::path::fstat(&first).unwrap().st_ino,
+            sys::path::fstat(&fresh).unwrap().st_ino
+        );
+        assert!(lower.lookup_dir(Path::new("a/none")).unwrap().is_none());
+        // A new name in a cached directory shows: the fd is the directory, not a snapshot.
+        std::fs::write(t.path().join("a/b/new"), "x").unwrap();
+        assert!(matches!(
+            probe(
+                first.as_fd(),
+                OsStr::new("new"),
+                false,
+                &LowerKeys::default()
+            )
+            .unwrap(),
+            Probe::Object(_)
+        ));
+    }
 }

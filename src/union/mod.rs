@@ -108,13 +108,18 @@ impl Union {
         };
         let mut layers = Vec::new();
         if let Some(u) = &upper {
-            layers.push(Layer {
-                path: u.layer.path.clone(),
-                root: rustix::io::dup(&u.layer.root)?,
-            });
+            layers.push(Layer::from_root(
+                u.layer.path.clone(),
+                rustix::io::dup(&u.layer.root)?,
+            ));
         }
         for l in &cfg.lowers {
-            layers.push(Layer::open(l)?);
+            let mut lower = Layer::open(l)?;
+            // With caching off (timeout 0) the lowers may be edited under the mount.
+            if !cfg.timeout.is_zero() {
+                lower.cache_dirs();
+            }
+            layers.push(lower);
         }
         if layers.is_empty() {
             return Err(Errno::INVAL);

@@ -68,7 +68,7 @@ impl Union {
         let path = child_path(dir_path, name);
         let mut found: Option<Resolved> = None;
         for (layer, xwh) in self.search_layers(parent) {
-            let Some(dirfd) = self.layers[layer].open_dir_opt(dir_path)? else {
+            let Some(dirfd) = self.layers[layer].lookup_dir(dir_path)? else {
                 continue;
             };
             let st = match layer::probe(dirfd.as_fd(), name, xwh, &self.lower_keys)? {
@@ -152,7 +152,7 @@ impl Union {
     pub(crate) fn lower_has(&self, parent: &Node, name: &OsStr) -> Result<bool, Errno> {
         let dir_path = parent.path().ok_or(Errno::NOENT)?;
         for &layer in &parent.lowers {
-            let Some(dirfd) = self.layers[layer].open_dir_opt(dir_path)? else {
+            let Some(dirfd) = self.layers[layer].lookup_dir(dir_path)? else {
                 continue;
             };
             match layer::probe(
