@@ -137,17 +137,20 @@ impl Union {
     /// Reads up to `size` bytes at `offset`.
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, Errno> {
         let h = self.handle(fh)?;
-        let mut buf = vec![0u8; size as usize];
+        let size = size as usize;
+        // Read into uninitialised capacity: the kernel asks for whole readahead windows (up
+        // to 1 MiB) even of a 100-byte file, and zeroing such a buffer first cost more than
+        // the read itself.
+        let mut buf = Vec::with_capacity(size);
         let fd = h.fd.read();
-        let mut done = 0;
-        while done < buf.len() {
-            let n = rustix::io::pread(&*fd, &mut buf[done..], offset + done as u64)?;
-            if n == 0 {
+        while buf.len() < size {
+            let at = offset + buf.len() as u64;
+            if rustix::io::pread(&*fd, rustix::buffer::spare_capacity(&mut buf), at)? == 0 {
                 break;
             }
-            done += n;
         }
-        buf.truncate(done);
+        // The allocation may hold more than asked for; never answer with more.
+        buf.truncate(size);
         Ok(buf)
     }
 
