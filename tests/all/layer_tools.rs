@@ -26,7 +26,7 @@ use unionmount::union::Union;
 
 use crate::cli::{run, spawn_foreground};
 use crate::fixture::Stack;
-use crate::mounted::{KernelMount, UnionMount, overlay_available, skip};
+use crate::mounted::{KernelMount, UnionMount, installed, overlay_available, skip};
 use tarfile::{LayerTar, MTIME};
 
 /// Runs the binary and returns its stdout, asserting it succeeded.
@@ -271,39 +271,12 @@ fn export_of_an_upper_written_by_a_unionmount_session() {
     assert_eq!(kernel_view(&[applied, s.lowers[0].clone()]), view);
 }
 
-/// True when umoci can be run, installing it with apt-get if needed.
-fn umoci() -> bool {
-    let runs = || {
-        std::process::Command::new("umoci")
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success())
-    };
-    if runs() {
-        return true;
-    }
-    let apt = |args: &[&str]| {
-        std::process::Command::new("apt-get")
-            // Other sessions may be installing too: wait for dpkg's lock instead of failing.
-            .args(["-o", "DPkg::Lock::Timeout=300"])
-            .args(args)
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .output()
-            .is_ok_and(|o| o.status.success())
-    };
-    if !apt(&["install", "-y", "umoci"]) {
-        apt(&["update"]);
-        apt(&["install", "-y", "umoci"]);
-    }
-    runs()
-}
-
 #[test]
 fn export_is_unpacked_by_umoci_as_unionmount_shows_it() {
     if !overlay_available() {
         return;
     }
-    if !umoci() {
+    if !installed("umoci", "umoci") {
         return skip("umoci is not installed and apt-get cannot install it");
     }
     let s = Stack::with_upper(&[LOWER], UPPER);

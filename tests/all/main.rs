@@ -18,6 +18,7 @@ mod passthrough;
 mod podman;
 mod posix;
 mod random;
+mod reflink;
 mod regression;
 mod rootless;
 mod script;

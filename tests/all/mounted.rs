@@ -51,6 +51,34 @@ pub fn skip(why: &str) {
     eprintln!("skipping: {why}");
 }
 
+/// True when `program` can be started, after installing `package` with apt-get if it could
+/// not (tests install what they need: CI runs them on a clean machine).
+pub fn installed(program: &str, package: &str) -> bool {
+    let runs = || {
+        std::process::Command::new(program)
+            .arg("--version")
+            .output()
+            .is_ok()
+    };
+    if runs() {
+        return true;
+    }
+    let apt = |args: &[&str]| {
+        std::process::Command::new("apt-get")
+            // Other sessions may be installing too: wait for dpkg's lock instead of failing.
+            .args(["-o", "DPkg::Lock::Timeout=300"])
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if !apt(&["install", "-y", package]) {
+        apt(&["update"]);
+        apt(&["install", "-y", package]);
+    }
+    runs()
+}
+
 /// True when kernel overlayfs can be mounted here (in addition to `fuse_available`); same
 /// policy: prints and returns false, or panics when `CI` is set.
 pub fn overlay_available() -> bool {
