@@ -62,7 +62,7 @@ fn assert_kernel_agrees(s: &Stack, u: &Union) -> String {
         "a fresh engine over the same layers differs"
     );
     let k = KernelOverlay::read_only(s);
-    let theirs = tree(&k.mnt);
+    let theirs = dump(&k.mnt);
     assert_eq!(
         theirs,
         ours,
@@ -121,7 +121,7 @@ fn kernel_reads_opaque_directories_from_rm_rf_and_mkdir() {
     mkdir(&u, "only1", 0o755).unwrap();
     let t = assert_kernel_agrees(&s, &u);
     assert!(
-        t.contains("d/e/new f N") && !t.contains("d/x") && !t.contains("only1/q"),
+        t.contains("d/e/new f 1 \"N\"") && !t.contains("d/x") && !t.contains("only1/q"),
         "{t}"
     );
     assert_lowers(&s, &before);
@@ -165,7 +165,10 @@ fn kernel_reads_renames() {
     )
     .unwrap();
     let t = assert_kernel_agrees(&s, &u);
-    assert!(t.contains("only1/f f F") && !t.contains("only1/q"), "{t}");
+    assert!(
+        t.contains("only1/f f 1 \"F\"") && !t.contains("only1/q"),
+        "{t}"
+    );
     assert_lowers(&s, &before);
 }
 
@@ -227,7 +230,7 @@ fn kernel_reads_copy_ups_and_new_objects() {
     put(&u, "d/e/brand-new", "B").unwrap();
     let t = assert_kernel_agrees(&s, &u);
     assert!(
-        t.contains("d/e/y f changed") && t.contains("b f b0 600 12:34"),
+        t.contains("d/e/y f 7 \"changed\"") && t.contains("b f 2 \"b0\" 600 12:34"),
         "{t}"
     );
     assert_lowers(&s, &before);
@@ -246,7 +249,10 @@ fn kernel_reads_objects_created_over_whiteouts() {
     mkdir(&u, "sl", 0o755).unwrap();
     put(&u, "fifo", "was a fifo").unwrap();
     let t = assert_kernel_agrees(&s, &u);
-    assert!(t.contains("a f file again") && t.contains("sl d"), "{t}");
+    assert!(
+        t.contains("a f 10 \"file again\"") && t.contains("sl d"),
+        "{t}"
+    );
 }
 
 #[test]
@@ -272,7 +278,10 @@ fn kernel_reads_a_long_mixed_sequence_over_two_engine_generations() {
     mv(&u, "d/x", "d/e/x").unwrap();
     unlink(&u, "d/z").unwrap();
     let t = assert_kernel_agrees(&s, &u);
-    assert!(t.contains("d/e/x f x again") && !t.contains("d/e/w"), "{t}");
+    assert!(
+        t.contains("d/e/x f 7 \"x again\"") && !t.contains("d/e/w"),
+        "{t}"
+    );
 }
 
 /// The other direction: an upper written by the kernel (read-write mount) reads the same
@@ -313,7 +322,7 @@ fn engine_reads_an_upper_written_by_the_kernel() {
             rustix::fs::XattrFlags::empty(),
         )
         .unwrap();
-        tree(&k.mnt)
+        dump(&k.mnt)
     };
     let u = s.union();
     assert_eq!(
@@ -334,7 +343,7 @@ fn engine_reads_an_upper_written_by_the_kernel() {
     assert_lowers(&s, &before);
 }
 
-/// The fixture's trees hold nothing the comparison could miss: a sanity check of `tree`
+/// The fixture's trees hold nothing the comparison could miss: a sanity check of the dumps
 /// against the engine on an untouched stack.
 #[test]
 fn untouched_stack_reads_the_same() {

@@ -6,9 +6,8 @@
 
 use std::ffi::OsStr;
 use std::fmt::Debug;
-use std::path::Path;
 
-use rustix::fs::{FileType, OFlags};
+use rustix::fs::OFlags;
 use rustix::io::Errno;
 use unionmount::node::handle::DirEntry;
 use unionmount::union::rename::RenameFlags;
@@ -156,104 +155,10 @@ pub fn mv(u: &Union, from: &str, to: &str) -> Result<(), Errno> {
     rename(u, from, to, RenameFlags::default())
 }
 
-/// Every object of the union below `path`, one line each (sorted): path, type, permission
-/// bits, owner, size and content or link target, and the xattrs the union lists. The same
-/// format as `tree`, so the union and a kernel mount can be compared.
+/// The merged view through the engine, in the format of `fixture::dump` of a mount, so the
+/// union and a kernel mount can be compared (`unionmount::layout::dump_union`).
 pub fn union_tree(u: &Union) -> String {
-    let mut out = Vec::new();
-    walk_union(u, ROOT, "", &mut out);
-    out.sort();
-    out.join("\n")
-}
-
-fn walk_union(u: &Union, dir: u64, prefix: &str, out: &mut Vec<String>) {
-    for e in entries(u, dir) {
-        let name = e.name.to_string_lossy().into_owned();
-        if name == "." || name == ".." {
-            continue;
-        }
-        let rel = if prefix.is_empty() {
-            name.clone()
-        } else {
-            format!("{prefix}/{name}")
-        };
-        let a = u
-            .lookup(dir, &e.name)
-            .unwrap_or_else(|err| panic!("lookup of listed {rel:?}: {err}"));
-        let kind = FileType::from_raw_mode(a.st.st_mode);
-        let what = match kind {
-            FileType::Directory => "d".to_string(),
-            FileType::Symlink => {
-                format!("l {}", String::from_utf8_lossy(&u.readlink(a.ino).unwrap()))
-            }
-            FileType::RegularFile => format!("f {}", cat(u, &rel)),
-            FileType::Fifo => "p".to_string(),
-            other => format!("{other:?} {}", a.st.st_rdev),
-        };
-        let mut keys: Vec<String> = u.listxattr(a.ino).unwrap_or_default();
-        keys.sort();
-        let xattrs: Vec<String> = keys
-            .iter()
-            .map(|k| {
-                format!(
-                    "{k}={}",
-                    String::from_utf8_lossy(&u.getxattr(a.ino, OsStr::new(k)).unwrap_or_default())
-                )
-            })
-            .collect();
-        out.push(format!(
-            "{rel} {what} {:o} {}:{} {xattrs:?}",
-            a.st.st_mode & 0o7777,
-            a.st.st_uid,
-            a.st.st_gid
-        ));
-        if kind == FileType::Directory {
-            walk_union(u, a.ino, &rel, out);
-        }
-        u.forget(a.ino, 1);
-    }
-}
-
-/// `union_tree`'s format for a directory tree read with std::fs (a kernel mount).
-pub fn tree(root: &Path) -> String {
-    let mut out = Vec::new();
-    walk_fs(root, root, &mut out);
-    out.sort();
-    out.join("\n")
-}
-
-fn walk_fs(root: &Path, dir: &Path, out: &mut Vec<String>) {
-    use std::os::unix::fs::{FileTypeExt, MetadataExt};
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        let rel = p.strip_prefix(root).unwrap().display().to_string();
-        let md = std::fs::symlink_metadata(&p).unwrap();
-        let ft = md.file_type();
-        let what = if ft.is_dir() {
-            "d".to_string()
-        } else if ft.is_symlink() {
-            format!("l {}", std::fs::read_link(&p).unwrap().display())
-        } else if ft.is_file() {
-            format!("f {}", std::fs::read_to_string(&p).unwrap())
-        } else if ft.is_fifo() {
-            "p".to_string()
-        } else {
-            format!("{:?} {}", FileType::from_raw_mode(md.mode()), md.rdev())
-        };
-        let xattrs: Vec<String> = crate::fixture::xattrs(&p)
-            .into_iter()
-            .filter(|kv| !kv.starts_with("trusted.overlay.") && !kv.starts_with("user.overlay."))
-            .collect();
-        out.push(format!(
-            "{rel} {what} {:o} {}:{} {xattrs:?}",
-            md.mode() & 0o7777,
-            md.uid(),
-            md.gid()
-        ));
-        if ft.is_dir() {
-            walk_fs(root, &p, out);
-        }
-    }
+    unionmount::layout::dump_union(u).expect("dump of the union")
 }
 
 /// The paths present in the upper (sorted).
