@@ -12,7 +12,7 @@
 //! directory's `opaque` list.
 
 use std::ffi::{OsStr, OsString};
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
@@ -83,11 +83,6 @@ pub fn scan(root: &Path) -> Result<Vec<Item>, Errno> {
     let mut out = Vec::new();
     scan_dir(layer.root.as_fd(), Path::new(""), &mut out)?;
     Ok(out)
-}
-
-/// Opens the directory `rel` of the layer whose root is `root` (never following a symlink).
-pub fn open_dir(root: BorrowedFd<'_>, rel: &Path) -> Result<OwnedFd, Errno> {
-    sys::path::open_dir_beneath(root, rel)
 }
 
 fn scan_dir(dir: BorrowedFd<'_>, rel: &Path, out: &mut Vec<Item>) -> Result<(), Errno> {
