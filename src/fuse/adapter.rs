@@ -9,20 +9,20 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use fuser::{
-    AccessFlags, CopyFileRangeFlags, FileAttr, FileHandle, Filesystem, FopenFlags, Generation,
-    INodeNo, InitFlags, KernelConfig, LockOwner, Notifier, OpenFlags, ReplyAttr, ReplyCreate,
-    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen,
-    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    AccessFlags, CopyFileRangeFlags, FileHandle, Filesystem, FopenFlags, Generation, INodeNo,
+    InitFlags, KernelConfig, LockOwner, Notifier, OpenFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs,
+    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use rustix::fs::OFlags;
 
 use crate::config::{Config, Passthrough};
 use crate::fuse::convert::{
-    OPEN_FLAGS, cache_flags, ctx, decode_dev, file_attr, fuse_errno, kind, oflags, reply_empty,
-    reply_xattr, set_time,
+    OPEN_FLAGS, cache_flags, ctx, decode_dev, file_attr, fuse_errno, kind, negative_entry, oflags,
+    reply_empty, reply_xattr, set_time,
 };
 use crate::fuse::passthrough::{OpenMode, Opens};
 use crate::sys::Errno;
@@ -156,24 +156,7 @@ impl Filesystem for Adapter {
             // Saves a round trip for every repeated miss (PATH and library searches, make).
             Err(Errno::NOENT) if !self.ttl.is_zero() => {
                 self.invalidate_stale();
-                let attr = FileAttr {
-                    ino: INodeNo(0),
-                    size: 0,
-                    blocks: 0,
-                    atime: UNIX_EPOCH,
-                    mtime: UNIX_EPOCH,
-                    ctime: UNIX_EPOCH,
-                    crtime: UNIX_EPOCH,
-                    kind: fuser::FileType::RegularFile,
-                    perm: 0,
-                    nlink: 0,
-                    uid: 0,
-                    gid: 0,
-                    rdev: 0,
-                    blksize: 0,
-                    flags: 0,
-                };
-                reply.entry(&self.ttl, &attr, Generation(0));
+                reply.entry(&self.ttl, &negative_entry(), Generation(0));
             }
             r => self.reply_entry(r, reply),
         }
