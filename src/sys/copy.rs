@@ -1,5 +1,6 @@
-//! Copying file data for copy-up: reflink first, then copy_file_range over data extents only
-//! (holes stay holes), then a bounded read/write loop. Never reads a whole file into memory.
+//! Copying file data, for copy-up and for copy_file_range through the mount: reflink first,
+//! then copy_file_range over data extents only (holes stay holes), then bounded chunks through
+//! memory. Never reads a whole file into memory.
 
 use std::os::fd::BorrowedFd;
 
@@ -39,39 +40,43 @@ pub fn copy_data(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, len: u64) -> Result<(
 }
 
 fn copy_range(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, start: u64, end: u64) -> Result<(), Errno> {
-    let mut off_in = start;
-    let mut off_out = start;
-    while off_in < end {
-        let want = ((end - off_in) as usize).min(CHUNK * 64);
-        match rustix::fs::copy_file_range(src, Some(&mut off_in), dst, Some(&mut off_out), want) {
-            Ok(0) => return Ok(()), // source shorter than its stat said
-            Ok(_) => {}
-            Err(Errno::XDEV) | Err(Errno::INVAL) | Err(Errno::NOSYS) | Err(Errno::OPNOTSUPP) => {
-                return copy_loop(src, dst, off_in, end);
-            }
-            Err(e) => return Err(e),
+    let mut off = start;
+    while off < end {
+        let want = ((end - off) as usize).min(CHUNK * 64);
+        match copy_some(src, off, dst, off, want)? {
+            0 => return Ok(()), // source shorter than its stat said
+            n => off += n as u64,
         }
     }
     Ok(())
 }
 
-fn copy_loop(
+/// Copies up to `len` bytes of `src` at `off_in` to `dst` at `off_out` and says how many (0 at
+/// the end of `src`): in the kernel with copy_file_range (a reflink where the filesystem shares
+/// extents), or, where the two files' filesystems cannot copy between them, at most `CHUNK`
+/// bytes through memory.
+pub fn copy_some(
     src: BorrowedFd<'_>,
+    off_in: u64,
     dst: BorrowedFd<'_>,
-    mut off: u64,
-    end: u64,
-) -> Result<(), Errno> {
-    let mut buf = vec![0u8; CHUNK];
-    while off < end {
-        let want = ((end - off) as usize).min(CHUNK);
-        let n = rustix::io::pread(src, &mut buf[..want], off)?;
-        if n == 0 {
-            break;
-        }
-        write_all_at(dst, &buf[..n], off)?;
-        off += n as u64;
+    off_out: u64,
+    len: usize,
+) -> Result<usize, Errno> {
+    let (mut i, mut o) = (off_in, off_out);
+    match rustix::fs::copy_file_range(src, Some(&mut i), dst, Some(&mut o), len) {
+        Err(Errno::XDEV | Errno::INVAL | Errno::NOSYS | Errno::OPNOTSUPP) => {}
+        r => return r,
     }
-    Ok(())
+    let mut buf = vec![0u8; len.min(CHUNK)];
+    let mut done = 0;
+    while done < buf.len() {
+        match rustix::io::pread(src, &mut buf[done..], off_in + done as u64)? {
+            0 => break,
+            n => done += n,
+        }
+    }
+    write_all_at(dst, &buf[..done], off_out)?;
+    Ok(done)
 }
 
 /// pwrite until everything is written.

@@ -32,10 +32,6 @@ pub(crate) fn open_flags(flags: OFlags) -> OFlags {
 /// `__FMODE_EXEC`: the kernel's mark on the open of a file being executed.
 const FMODE_EXEC: u32 = 0o40;
 
-/// The most `copy_file_range` copies through memory per call when the kernel cannot copy
-/// between the two layer files.
-const COPY_CHUNK: usize = 1 << 20;
-
 fn wants_write(flags: OFlags) -> bool {
     flags.intersects(OFlags::WRONLY | OFlags::RDWR) || flags.contains(OFlags::TRUNC)
 }
@@ -174,7 +170,8 @@ impl Union {
     /// copy_file_range(2) between two open files: the kernel copies (or reflinks) the data
     /// between the layer files itself, so it never passes through the daemon. Where the layer
     /// files are on different filesystems that cannot copy between them, it copies at most
-    /// `COPY_CHUNK` (1 MiB) here; a short count is allowed and the caller comes back for more.
+    /// 1 MiB here (`sys::copy::copy_some`); a short count is allowed and the caller comes back
+    /// for more.
     ///
     /// Errors: EBADF (unknown handle), ENOSPC, EFBIG, EIO from the layer files.
     pub fn copy_file_range(
@@ -199,22 +196,7 @@ impl Union {
             &other
         };
         let len = len.min(u32::MAX as u64) as usize;
-        let (mut oi, mut oo) = (off_in, off_out);
-        match rustix::fs::copy_file_range(&*fd_in, Some(&mut oi), &**fd_out, Some(&mut oo), len) {
-            Err(Errno::XDEV | Errno::INVAL | Errno::OPNOTSUPP | Errno::NOSYS) => {}
-            r => return r,
-        }
-        let mut buf = vec![0u8; len.min(COPY_CHUNK)];
-        let mut done = 0;
-        while done < buf.len() {
-            let n = rustix::io::pread(&*fd_in, &mut buf[done..], off_in + done as u64)?;
-            if n == 0 {
-                break;
-            }
-            done += n;
-        }
-        sys::copy::write_all_at(fd_out.as_fd(), &buf[..done], off_out)?;
-        Ok(done)
+        sys::copy::copy_some(fd_in.as_fd(), off_in, fd_out.as_fd(), off_out, len)
     }
 
     /// Flush on close(2): nothing is buffered here; report errors of the backing file.
