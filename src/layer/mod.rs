@@ -76,11 +76,7 @@ impl Layer {
             OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
             rustix::fs::Mode::empty(),
         )?;
-        Ok(Layer {
-            path: path.to_path_buf(),
-            root,
-            dirs: None,
-        })
+        Ok(Layer::from_root(path.to_path_buf(), root))
     }
 
     /// Wraps an already open root (the upper's, shared with `Upper`).
