@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 use clap::error::ErrorKind;
 use clap::{ArgAction, CommandFactory, Parser};
 
-use crate::config::{Config, MountOptions, Passthrough, XattrNamespace};
+use crate::config::{Config, DEFAULT_SPIN, MountOptions, Passthrough, XattrNamespace};
 use options::{MountOpts, parse_mount_options};
 
 use crate::idmap;
@@ -74,6 +74,9 @@ Mount options (-o, comma-separated, repeatable; the last of two opposites wins):
                          show every object owned by UID / GID (over squash_to_root)
   timeout=SECONDS        how long the kernel caches entries and attributes (default 60;
                          0 = no caching, for lowers edited under a live mount)
+  spin=MICROSECONDS      after a reply, how long a worker may poll for the next request
+                         instead of sleeping (default 50, 0 to 1000; adaptive: sparse
+                         requests cost no CPU; 0 = never poll)
   volatile               never sync the upper: fsync/fdatasync/syncfs through the union and
                          the sync before a copy-up is renamed into place are skipped (a crash
                          may then lose or truncate recent changes; for throw-away containers)
@@ -235,6 +238,7 @@ fn build(args: Args, privilege: Privilege) -> Result<Options, clap::Error> {
         read_only: false,
         fsname: o.fsname.unwrap_or_else(|| "unionmount".into()),
         passthrough: o.passthrough.unwrap_or_default(),
+        spin: o.spin.unwrap_or(DEFAULT_SPIN),
     };
     if mount.passthrough == Passthrough::On && !privilege.root {
         // The kernel refuses to register backing files without CAP_SYS_ADMIN (EPERM).

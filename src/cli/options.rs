@@ -33,6 +33,7 @@ pub(super) struct MountOpts {
     pub read_only: Option<bool>,
     pub fsname: Option<String>,
     pub passthrough: Option<Passthrough>,
+    pub spin: Option<Duration>,
     /// `lowerdir=`, still `:`-separated and escaped (see `split_lowers`).
     pub lowerdir: Option<OsString>,
     pub upperdir: Option<PathBuf>,
@@ -126,6 +127,7 @@ fn set(o: &mut MountOpts, key: &str, value: Option<&[u8]>) -> Result<bool, Strin
     match (key, value) {
         ("userxattr", None) => o.userxattr = true,
         ("timeout", Some(v)) => o.timeout = Some(parse_timeout(&text(v)?)?),
+        ("spin", Some(v)) => o.spin = Some(parse_spin(&text(v)?)?),
         ("fsname", Some(v)) if !v.is_empty() => o.fsname = Some(text(v)?),
         ("fsname", _) => return Err("-o fsname needs a value, e.g. -o fsname=myunion".into()),
         ("allow_other", None) => o.allow_other = Some(true),
@@ -204,6 +206,16 @@ fn parse_passthrough(v: &str) -> Result<Passthrough, String> {
         "off" => Ok(Passthrough::Off),
         "auto" => Ok(Passthrough::Auto),
         _ => Err(format!("-o passthrough={v}: expected on, off or auto")),
+    }
+}
+
+fn parse_spin(v: &str) -> Result<Duration, String> {
+    match v.parse::<u64>() {
+        // Longer than a millisecond is not a poll any more but a busy worker.
+        Ok(us) if us <= 1000 => Ok(Duration::from_micros(us)),
+        _ => Err(format!(
+            "-o spin={v}: expected a number of microseconds from 0 to 1000, e.g. spin=50"
+        )),
     }
 }
 

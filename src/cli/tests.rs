@@ -100,7 +100,7 @@ fn mount_options() {
             "-o",
             "userxattr,timeout=0.25",
             "-o",
-            "noallow_other,nodefault_permissions,nosuid,nodev,fsname=x",
+            "noallow_other,nodefault_permissions,nosuid,nodev,fsname=x,spin=20",
             "l",
             "u",
             "m",
@@ -120,6 +120,7 @@ fn mount_options() {
             read_only: false,
             fsname: "x".into(),
             passthrough: Passthrough::Auto,
+            spin: Duration::from_micros(20),
         }
     );
     for bad in [
@@ -128,6 +129,9 @@ fn mount_options() {
         "timeout",
         "fsname=",
         "userxattr=1",
+        "spin=1001",
+        "spin=-1",
+        "spin",
     ] {
         assert!(
             parse_as(ROOT, &["-o", bad, "l", "u", "m"]).is_err(),

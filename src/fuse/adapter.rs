@@ -25,6 +25,7 @@ use crate::fuse::convert::{
     reply_empty, reply_xattr, set_time,
 };
 use crate::fuse::passthrough::{OpenMode, Opens};
+use crate::fuse::spin::Spin;
 use crate::sys::Errno;
 use crate::union::attr::SetAttr;
 use crate::union::rename::RenameFlags;
@@ -46,6 +47,8 @@ pub struct Adapter {
     daemon_io: Arc<AtomicU64>,
     /// Told once INIT succeeded (the mount is usable); dropped unsent if INIT failed.
     ready: Option<Sender<()>>,
+    /// Polls the device after each reply (see `spin`).
+    spin: Spin,
 }
 
 impl Adapter {
@@ -57,12 +60,23 @@ impl Adapter {
             opens: Opens::new(Passthrough::default()),
             daemon_io: Arc::default(),
             ready: None,
+            spin: Spin::new(Duration::ZERO),
         }
     }
 
     /// Sets the passthrough policy (before mounting).
     pub fn set_passthrough(&mut self, policy: Passthrough) {
         self.opens = Opens::new(policy);
+    }
+
+    /// Sets the longest poll of the device after a reply (before mounting; zero: never).
+    pub fn set_spin(&mut self, max: Duration) {
+        self.spin = Spin::new(max);
+    }
+
+    /// Where the session puts a duplicate of its device fd for polling.
+    pub fn spin_device_slot(&self) -> Arc<OnceLock<OwnedFd>> {
+        self.spin.device_slot()
     }
 
     /// A counter of the bytes the read and write handlers served (for tests and tracing).
@@ -150,6 +164,7 @@ impl Filesystem for Adapter {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let _spin = self.spin.request();
         match self.union.lookup(parent.0, name) {
             // A negative entry (node id 0) the kernel may cache as long as a positive one:
             // a name can only appear through this mount, which replaces the negative dentry.
@@ -163,6 +178,7 @@ impl Filesystem for Adapter {
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        let _spin = self.spin.request();
         self.union.forget(ino.0, nlookup);
         if self.opens.has_stale_cache(ino.0) && !self.union.knows(ino.0) {
             self.opens.forgotten(ino.0);
@@ -170,6 +186,7 @@ impl Filesystem for Adapter {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let _spin = self.spin.request();
         match self.union.getattr(ino.0) {
             Ok(a) => reply.attr(&self.ttl, &file_attr(&a)),
             Err(e) => reply.error(fuse_errno(e)),
@@ -194,6 +211,7 @@ impl Filesystem for Adapter {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        let _spin = self.spin.request();
         let set = SetAttr {
             mode,
             uid,
@@ -212,6 +230,7 @@ impl Filesystem for Adapter {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let _spin = self.spin.request();
         match self.union.readlink(ino.0) {
             Ok(t) => reply.data(&t),
             Err(e) => reply.error(fuse_errno(e)),
@@ -228,6 +247,7 @@ impl Filesystem for Adapter {
         rdev: u32,
         reply: ReplyEntry,
     ) {
+        let _spin = self.spin.request();
         self.reply_entry(
             self.union
                 .mknod(&ctx(req, umask), parent.0, name, mode, decode_dev(rdev)),
@@ -244,6 +264,7 @@ impl Filesystem for Adapter {
         umask: u32,
         reply: ReplyEntry,
     ) {
+        let _spin = self.spin.request();
         self.reply_entry(
             self.union.mkdir(&ctx(req, umask), parent.0, name, mode),
             reply,
@@ -251,10 +272,12 @@ impl Filesystem for Adapter {
     }
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _spin = self.spin.request();
         self.reply_empty(self.union.unlink(&ctx(req, 0), parent.0, name), reply);
     }
 
     fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _spin = self.spin.request();
         self.reply_empty(self.union.rmdir(&ctx(req, 0), parent.0, name), reply);
     }
 
@@ -266,6 +289,7 @@ impl Filesystem for Adapter {
         target: &Path,
         reply: ReplyEntry,
     ) {
+        let _spin = self.spin.request();
         self.reply_entry(
             self.union
                 .symlink(&ctx(req, 0), parent.0, link_name, target.as_os_str()),
@@ -283,6 +307,7 @@ impl Filesystem for Adapter {
         flags: fuser::RenameFlags,
         reply: ReplyEmpty,
     ) {
+        let _spin = self.spin.request();
         let known = fuser::RenameFlags::RENAME_NOREPLACE | fuser::RenameFlags::RENAME_EXCHANGE;
         if !(flags - known).is_empty() {
             // RENAME_WHITEOUT through the union would create a marker: refuse like the kernel.
@@ -307,10 +332,12 @@ impl Filesystem for Adapter {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
+        let _spin = self.spin.request();
         self.reply_entry(self.union.link(ino.0, newparent.0, newname), reply);
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let _spin = self.spin.request();
         let r = self.union.open(&ctx(req, 0), ino.0, oflags(flags));
         self.invalidate_stale();
         let fh = match r {
@@ -336,6 +363,7 @@ impl Filesystem for Adapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        let _spin = self.spin.request();
         match self.union.read(fh.0, offset, size) {
             Ok(d) => {
                 self.daemon_io.fetch_add(d.len() as u64, Ordering::Relaxed);
@@ -357,6 +385,7 @@ impl Filesystem for Adapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        let _spin = self.spin.request();
         match self.union.write(fh.0, offset, data) {
             Ok(n) => {
                 self.daemon_io.fetch_add(n as u64, Ordering::Relaxed);
@@ -379,6 +408,7 @@ impl Filesystem for Adapter {
         flags: CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
+        let _spin = self.spin.request();
         if !flags.is_empty() {
             return reply.error(fuser::Errno::EINVAL);
         }
@@ -399,6 +429,7 @@ impl Filesystem for Adapter {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
+        let _spin = self.spin.request();
         self.reply_empty(self.union.flush(fh.0), reply);
     }
 
@@ -412,6 +443,7 @@ impl Filesystem for Adapter {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        let _spin = self.spin.request();
         self.union.release(fh.0);
         self.opens.release(ino.0);
         reply.ok();
@@ -425,10 +457,12 @@ impl Filesystem for Adapter {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
+        let _spin = self.spin.request();
         self.reply_empty(self.union.fsync(fh.0, datasync), reply);
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let _spin = self.spin.request();
         match self.union.opendir(ino.0) {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(e) => reply.error(fuse_errno(e)),
@@ -443,6 +477,7 @@ impl Filesystem for Adapter {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        let _spin = self.spin.request();
         let entries = match self.union.readdir(fh.0, offset) {
             Ok(e) => e,
             Err(e) => return reply.error(fuse_errno(e)),
@@ -463,6 +498,7 @@ impl Filesystem for Adapter {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
+        let _spin = self.spin.request();
         let entries = match self.union.readdir(fh.0, offset) {
             Ok(e) => e,
             Err(e) => return reply.error(fuse_errno(e)),
@@ -508,6 +544,7 @@ impl Filesystem for Adapter {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
+        let _spin = self.spin.request();
         self.union.releasedir(fh.0);
         reply.ok();
     }
@@ -520,10 +557,12 @@ impl Filesystem for Adapter {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
+        let _spin = self.spin.request();
         self.reply_empty(self.union.fsyncdir(ino.0), reply);
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let _spin = self.spin.request();
         match self.union.statfs() {
             Ok(s) => reply.statfs(
                 s.f_blocks,
@@ -549,14 +588,17 @@ impl Filesystem for Adapter {
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        let _spin = self.spin.request();
         self.reply_empty(self.union.setxattr(ino.0, name, value, flags as u32), reply);
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let _spin = self.spin.request();
         reply_xattr(self.union.getxattr(ino.0, name), size, reply);
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let _spin = self.spin.request();
         let list = self.union.listxattr(ino.0).map(|keys| {
             let mut buf = Vec::new();
             for k in keys {
@@ -569,10 +611,12 @@ impl Filesystem for Adapter {
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _spin = self.spin.request();
         self.reply_empty(self.union.removexattr(ino.0, name), reply);
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        let _spin = self.spin.request();
         self.reply_empty(self.union.access(ino.0, mask.bits() as u32), reply);
     }
 
@@ -586,6 +630,7 @@ impl Filesystem for Adapter {
         flags: i32,
         reply: ReplyCreate,
     ) {
+        let _spin = self.spin.request();
         let r = self.union.create(
             &ctx(req, umask),
             parent.0,
@@ -628,6 +673,7 @@ impl Filesystem for Adapter {
         mode: i32,
         reply: ReplyEmpty,
     ) {
+        let _spin = self.spin.request();
         reply_empty(
             self.union.fallocate(fh.0, mode as u32, offset, length),
             reply,
@@ -643,6 +689,7 @@ impl Filesystem for Adapter {
         whence: i32,
         reply: ReplyLseek,
     ) {
+        let _spin = self.spin.request();
         match self.union.lseek(fh.0, offset, whence as u32) {
             Ok(o) => reply.offset(o as i64),
             Err(e) => reply.error(fuse_errno(e)),

@@ -4,3 +4,4 @@ pub mod adapter;
 mod convert;
 pub mod passthrough;
 pub mod session;
+mod spin;

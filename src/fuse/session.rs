@@ -88,7 +88,6 @@ pub fn serve(
     debug: bool,
     on_ready: impl FnOnce() + Send + 'static,
 ) -> io::Result<()> {
-    fs.set_passthrough(opts.passthrough);
     let (ready_tx, ready_rx) = mpsc::channel();
     fs.notify_ready(ready_tx);
     let config = fuser_config(opts);
@@ -97,9 +96,7 @@ pub fn serve(
     }
     // Registered before mounting: a signal during the mount is queued and handled below.
     let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP])?;
-    let notifier = fs.notifier_slot();
-    let session = Session::new(fs, mountpoint, &config)?;
-    let _ = notifier.set(session.notifier());
+    let session = mount(fs, mountpoint, opts, &config)?;
     info!("mounted {} at {}", opts.fsname, mountpoint.display());
 
     let handle = signals.handle();
@@ -214,16 +211,28 @@ fn exit_after_grace(mnt: PathBuf) {
 }
 
 /// Mounts `fs` with a background session, for tests: dropping the returned session unmounts.
-pub fn spawn(
+pub fn spawn(fs: Adapter, mountpoint: &Path, opts: &MountOptions) -> io::Result<BackgroundSession> {
+    mount(fs, mountpoint, opts, &fuser_config(opts))?.spawn()
+}
+
+/// Mounts `fs` (INIT is answered once the session runs) and gives the adapter what exists only
+/// from then on: the notifier and the device fd it polls.
+fn mount(
     mut fs: Adapter,
     mountpoint: &Path,
     opts: &MountOptions,
-) -> io::Result<BackgroundSession> {
+    config: &fuser::Config,
+) -> io::Result<Session<Adapter>> {
     fs.set_passthrough(opts.passthrough);
+    fs.set_spin(opts.spin);
     let notifier = fs.notifier_slot();
-    let session = Session::new(fs, mountpoint, &fuser_config(opts))?;
+    let device = fs.spin_device_slot();
+    let session = Session::new(fs, mountpoint, config)?;
     let _ = notifier.set(session.notifier());
-    session.spawn()
+    if !opts.spin.is_zero() {
+        let _ = device.set(rustix::io::fcntl_dupfd_cloexec(&session, 0)?);
+    }
+    Ok(session)
 }
 
 /// Detaches the mount at `mountpoint`. Unprivileged processes get EPERM from umount2 and go
@@ -280,6 +289,7 @@ mod tests {
             read_only: true,
             fsname: "u".into(),
             passthrough: crate::config::Passthrough::Auto,
+            spin: Duration::ZERO,
         };
         let c = fuser_config(&opts);
         assert_eq!(c.acl, SessionACL::All);

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use fuser::BackgroundSession;
 use rustix::mount::{MountFlags, UnmountFlags};
-use unionmount::config::{MountOptions, Passthrough};
+use unionmount::config::{DEFAULT_SPIN, MountOptions, Passthrough};
 use unionmount::fuse::adapter::Adapter;
 
 use crate::fixture::Stack;
@@ -120,6 +120,7 @@ pub fn test_mount_options() -> MountOptions {
         read_only: false,
         fsname: "unionmount-test".into(),
         passthrough: Passthrough::Auto,
+        spin: DEFAULT_SPIN,
     }
 }
 
