@@ -10,8 +10,16 @@ use super::Errno;
 
 const CHUNK: usize = 1 << 20;
 
-/// Copies `len` bytes of `src` into the empty regular file `dst`, keeping holes.
-pub fn copy_data(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, len: u64) -> Result<(), Errno> {
+/// Copies `len` bytes of `src` into the empty regular file `dst`, keeping holes. With
+/// `write_back`, for a caller that syncs `dst` next, the writeback of each copied chunk starts
+/// while the next one is copied: the final sync then waits only for the last chunks instead
+/// of writing the whole file after the copy (see `start_write_back`).
+pub fn copy_data(
+    src: BorrowedFd<'_>,
+    dst: BorrowedFd<'_>,
+    len: u64,
+    write_back: bool,
+) -> Result<(), Errno> {
     if len == 0 {
         return Ok(());
     }
@@ -32,23 +40,45 @@ pub fn copy_data(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, len: u64) -> Result<(
         let end = rustix::fs::seek(src, SeekFrom::Hole(start))
             .unwrap_or(len)
             .min(len);
-        copy_range(src, dst, start, end)?;
+        copy_range(src, dst, start, end, write_back)?;
         pos = end;
     }
     // Extends the file over a trailing hole (and fixes the size if the source shrank).
     rustix::fs::ftruncate(dst, len)
 }
 
-fn copy_range(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, start: u64, end: u64) -> Result<(), Errno> {
+fn copy_range(
+    src: BorrowedFd<'_>,
+    dst: BorrowedFd<'_>,
+    start: u64,
+    end: u64,
+    write_back: bool,
+) -> Result<(), Errno> {
     let mut off = start;
     while off < end {
         let want = ((end - off) as usize).min(CHUNK * 64);
         match copy_some(src, off, dst, off, want)? {
             0 => return Ok(()), // source shorter than its stat said
-            n => off += n as u64,
+            n => {
+                if write_back {
+                    start_write_back(dst, off, n as u64);
+                }
+                off += n as u64
+            }
         }
     }
     Ok(())
+}
+
+/// Starts writing `len` bytes of `dst` at `off` back to disk without waiting. `POSIX_FADV_DONTNEED`
+/// does that (an asynchronous writeback of the range's dirty pages, as `sync_file_range`'s
+/// `SYNC_FILE_RANGE_WRITE` does, which rustix lacks); it drops only pages already clean, so
+/// none of the copy's dirty pages leave the page cache unwritten. Advisory: an error costs
+/// only the overlap.
+fn start_write_back(dst: BorrowedFd<'_>, off: u64, len: u64) {
+    if let Some(len) = std::num::NonZeroU64::new(len) {
+        let _ = rustix::fs::fadvise(dst, off, Some(len), rustix::fs::Advice::DontNeed);
+    }
 }
 
 /// Copies up to `len` bytes of `src` at `off_in` to `dst` at `off_out` and says how many (0 at

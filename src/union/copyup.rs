@@ -6,7 +6,8 @@
 //! the lower version or the complete copy visible, and a leftover temporary only in the
 //! workdir, which the next mount clears. Regular files are fsync'ed before the rename, as the
 //! kernel does, so a power loss cannot make an empty copy visible (not on a `volatile` mount,
-//! which, like the kernel's, trades that for speed).
+//! which, like the kernel's, trades that for speed); the copy starts writing each chunk back
+//! while it copies the next, so that sync waits for little more than the copy itself.
 
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -244,7 +245,8 @@ impl Union {
                 )?;
                 if data && st.st_size > 0 {
                     let src = sys::path::open_noatime(src_dir, name, OFlags::RDONLY)?;
-                    sys::copy::copy_data(src.as_fd(), dst.as_fd(), st.st_size as u64)?;
+                    let len = st.st_size as u64;
+                    sys::copy::copy_data(src.as_fd(), dst.as_fd(), len, !self.volatile)?;
                 }
                 Some(dst)
             }
