@@ -8,7 +8,10 @@
 //!   (default /var/tmp/unionmount-bench; delete it to rebuild);
 //! - `UNIONMOUNT_BENCH_RUNS`: runs per workload and implementation (default 3, median shown);
 //! - `UNIONMOUNT_BENCH_ONLY`: comma-separated workload names to run;
-//! - `UNIONMOUNT_BENCH_IMPLS`: comma-separated subset of `kernel,unionmount,fuse-overlayfs`;
+//! - `UNIONMOUNT_BENCH_IMPLS`: comma-separated subset of `kernel,unionmount,fuse-overlayfs`
+//!   (and `unionmount-variant`);
+//! - `UNIONMOUNT_BENCH_VARIANT=OPTS`: also run unionmount with `-o OPTS` (column
+//!   `unionmount-variant`), e.g. `spin=0`, to measure an option against the defaults;
 //! - `UNIONMOUNT_BENCH_SMALL=1`: small layers without debootstrap, to check the harness quickly.
 //!
 //! Lowers are shared by the three (they are read-only; each run has its own upper and
@@ -106,11 +109,11 @@ fn main() {
         .unwrap_or(3);
     let only = env_list("UNIONMOUNT_BENCH_ONLY");
     let impls: Vec<Impl> = match env_list("UNIONMOUNT_BENCH_IMPLS") {
-        Some(names) => Impl::ALL
+        Some(names) => Impl::all()
             .into_iter()
             .filter(|i| names.iter().any(|n| n == i.name()))
             .collect(),
-        None => Impl::ALL.to_vec(),
+        None => Impl::all(),
     };
     let l = layers::build(&dir, small);
     let scratch = dir.join("scratch");
@@ -126,7 +129,7 @@ fn main() {
     for i in &impls {
         print!("{:>16}", i.name());
     }
-    // Ratios only when kernel overlayfs ran (it is first in `Impl::ALL`).
+    // Ratios only when kernel overlayfs ran (it is first in `Impl::all()`).
     let ratios = impls.first() == Some(&Impl::Kernel);
     for i in impls.iter().skip(1).filter(|_| ratios) {
         print!("{:>16}", format!("{}/kernel", short(*i)));
@@ -180,6 +183,7 @@ fn short(i: Impl) -> &'static str {
     match i {
         Impl::Kernel => "kernel",
         Impl::Unionmount => "um",
+        Impl::Variant => "um-var",
         Impl::FuseOverlayfs => "fo",
     }
 }

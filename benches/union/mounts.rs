@@ -11,16 +11,33 @@ use std::time::{Duration, Instant};
 pub enum Impl {
     Kernel,
     Unionmount,
+    /// unionmount with the extra `-o` options of `UNIONMOUNT_BENCH_VARIANT`, to measure an
+    /// option against the defaults in the same run.
+    Variant,
     FuseOverlayfs,
 }
 
+/// The `-o` options of [`Impl::Variant`], if the variant is wanted.
+pub fn variant_options() -> Option<String> {
+    std::env::var("UNIONMOUNT_BENCH_VARIANT").ok()
+}
+
 impl Impl {
-    pub const ALL: [Impl; 3] = [Impl::Kernel, Impl::Unionmount, Impl::FuseOverlayfs];
+    /// Every implementation of this run, kernel overlayfs first.
+    pub fn all() -> Vec<Impl> {
+        let mut v = vec![Impl::Kernel, Impl::Unionmount];
+        if variant_options().is_some() {
+            v.push(Impl::Variant);
+        }
+        v.push(Impl::FuseOverlayfs);
+        v
+    }
 
     pub fn name(self) -> &'static str {
         match self {
             Impl::Kernel => "kernel",
             Impl::Unionmount => "unionmount",
+            Impl::Variant => "unionmount-variant",
             Impl::FuseOverlayfs => "fuse-overlayfs",
         }
     }
@@ -119,9 +136,16 @@ pub fn mount(
             assert!(status.success(), "kernel overlay mount failed");
             None
         }
-        Impl::Unionmount => Some(
+        Impl::Unionmount | Impl::Variant => Some(
             Command::new(unionmount)
                 .arg("-f")
+                .args(
+                    variant_options()
+                        .filter(|_| imp == Impl::Variant)
+                        .map(|o| ["-o".to_string(), o])
+                        .into_iter()
+                        .flatten(),
+                )
                 .arg("--workdir")
                 .arg(work)
                 .arg(&lowerdir)
