@@ -872,3 +872,45 @@ fn daemon_exit_after_umount_leaves_the_next_mount_on_the_directory_alone() {
         drop(fg);
     }
 }
+
+/// Found by the apt row of the benchmarks: ioctls were left to fuser's default, which
+/// logged a warning for each, and isatty(3) on a file is one (TCGETS): dpkg and apt filled
+/// the daemon's stderr. An unknown ioctl must fail with ENOTTY, quietly.
+#[test]
+fn ioctl_on_a_file_is_enotty_and_logs_nothing() {
+    use crate::cli::{BIN, can_mount, is_mounted, wait_for};
+    use std::process::{Command, Stdio};
+    if !can_mount() {
+        return;
+    }
+    let s = Stack::new(&["f a x"]);
+    let child = Command::new(BIN)
+        .arg("-f")
+        .args([&s.lowers[0], &s.upper, &s.mnt])
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn unionmount -f");
+    wait_for("the mount", || is_mounted(&s.mnt));
+    for name in ["a", "new"] {
+        let f = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(s.mnt.join(name))
+            .unwrap();
+        assert_eq!(
+            rustix::termios::tcgetattr(&f).err(),
+            Some(Errno::NOTTY),
+            "tcgetattr on {name}"
+        );
+    }
+    rustix::mount::unmount(&s.mnt, rustix::mount::UnmountFlags::empty()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("Not Implemented") && !stderr.contains("ioctl"),
+        "the daemon logged: {stderr}"
+    );
+}
