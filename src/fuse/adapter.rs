@@ -98,7 +98,7 @@ impl Adapter {
         open_backing: impl FnOnce(&OwnedFd) -> std::io::Result<fuser::BackingId>,
     ) -> OpenMode {
         self.opens.open(ino, !self.ttl.is_zero(), || {
-            self.union.upper_file(fh).map(|fd| open_backing(&fd))
+            self.union.backing_file(fh).map(|fd| open_backing(&fd))
         })
     }
 

@@ -11,11 +11,13 @@
 //! forget at RELEASE, which the kernel sends after it dropped its own open), so joining the
 //! recorded mode never mixes.
 //!
-//! Only handles on the upper copy use passthrough. A read-only open of a file still in a
-//! lower stays cached: a later write-open copies the file up to a different file, and the
-//! kernel would keep serving the inode from the lower backing file (one backing file per
-//! inode), so reads through the union would miss the new data. A cached inode stays cached
-//! until its last release, even after a copy-up; the engine's handles follow the copy-up.
+//! In a read-write union only handles on the upper copy use passthrough. A read-only open of
+//! a file still in a lower stays cached: a later write-open copies the file up to a different
+//! file, and the kernel would keep serving the inode from the lower backing file (one backing
+//! file per inode), so reads through the union would miss the new data. A cached inode stays
+//! cached until its last release, even after a copy-up; the engine's handles follow the
+//! copy-up. A union without an upper never copies up, so there every open of a lower file
+//! is passthrough too (podman's read-only image mounts, `-o ro`).
 //!
 //! Coherence: passthrough writes bypass the FUSE inode's page cache, so the first cached open
 //! after passthrough opens must drop that cache (no `FOPEN_KEEP_CACHE`): `stale_cache` holds
@@ -109,7 +111,7 @@ impl Opens {
     }
 
     /// Decides how an open of `ino` is answered and records it. `new_backing` registers the
-    /// handle's upper file with the kernel (`None` for a handle on a lower copy); it is called
+    /// handle's file with the kernel (`None` for a handle a copy-up could replace); it is called
     /// only when the inode has no open yet. The open must be matched by one
     /// [`Opens::release`].
     pub fn open(

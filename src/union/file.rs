@@ -252,12 +252,14 @@ impl Union {
         self.files.remove(fh);
     }
 
-    /// A duplicate of the fd behind `fh` when it is the upper copy of the file (for FUSE
-    /// passthrough, where the kernel then reads and writes that file itself); `None` for a
-    /// handle on a lower copy, which a later copy-up would replace by a different file.
-    pub fn upper_file(&self, fh: u64) -> Option<OwnedFd> {
+    /// A duplicate of the fd behind `fh` when no copy-up can ever replace its file (for FUSE
+    /// passthrough, where the kernel then reads and writes that file itself, and keeps using
+    /// it for the inode while any open of it lasts): the upper copy, or any copy in a union
+    /// without an upper, where nothing is ever copied up. `None` for a handle on a lower copy
+    /// of a read-write union, which a later write-open would copy up to a different file.
+    pub fn backing_file(&self, fh: u64) -> Option<OwnedFd> {
         let h = self.files.get(fh)?;
-        if !h.on_upper.load(Ordering::Acquire) {
+        if self.upper.is_some() && !h.on_upper.load(Ordering::Acquire) {
             return None;
         }
         let fd = h.fd.read();

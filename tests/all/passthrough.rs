@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use fuser::BackgroundSession;
-use unionmount::config::Passthrough;
+use unionmount::config::{Config, Passthrough};
 use unionmount::fuse::adapter::Adapter;
 
 use crate::cli::{can_mount, mount, refused};
@@ -34,11 +34,17 @@ struct Mount {
 impl Mount {
     fn new(stack: Stack, policy: Passthrough) -> Mount {
         let cfg = stack.config();
+        Self::with_config(stack, cfg, policy)
+    }
+
+    /// Mounts `stack` as `cfg` describes it (e.g. without its upper).
+    fn with_config(stack: Stack, cfg: Config, policy: Passthrough) -> Mount {
         let union = unionmount::union::Union::new(&cfg).expect("union over the fixture");
         let adapter = Adapter::new(union, &cfg);
         let daemon_io = adapter.daemon_io();
         let mut opts = test_mount_options();
         opts.passthrough = policy;
+        opts.read_only = cfg.upper.is_none();
         let session = unionmount::fuse::session::spawn(adapter, &stack.mnt, &opts)
             .unwrap_or_else(|e| panic!("mounting at {}: {e}", stack.mnt.display()));
         Mount {
@@ -119,6 +125,74 @@ fn passthrough_io_bypasses_the_daemon() {
         } else {
             assert_eq!(served, 0, "{policy:?}: passthrough I/O reached the daemon");
         }
+    }
+}
+
+/// A union without an upper never copies up, so lower files are served by passthrough too:
+/// reads, and an mmap of a lower file, cost the daemon nothing. In a read-write union the
+/// same reads go through the daemon (a later write-open would copy the file up).
+#[test]
+fn read_only_union_serves_lower_files_by_passthrough() {
+    if !passthrough_available() {
+        return;
+    }
+    for read_only in [true, false] {
+        let stack = Stack::new(&[""]);
+        fs::write(stack.lowers[0].join("big"), pattern(BIG, 3)).unwrap();
+        let cfg = if read_only {
+            Config::new(stack.lowers.clone(), None, None)
+        } else {
+            stack.config()
+        };
+        let m = Mount::with_config(stack, cfg, Passthrough::Auto);
+        let data = fs::read(m.path("big")).unwrap();
+        assert!(
+            data == pattern(BIG, 3),
+            "read_only={read_only}: read differs"
+        );
+        let f = File::open(m.path("big")).unwrap();
+        let want: u64 = pattern(BIG, 3).iter().map(|&b| u64::from(b)).sum();
+        assert_eq!(
+            mapped_sum(&f, BIG),
+            want,
+            "read_only={read_only}: mapping differs"
+        );
+        let served = m.daemon_io();
+        if read_only {
+            assert_eq!(
+                served, 0,
+                "lower reads of a read-only union reached the daemon"
+            );
+        } else {
+            assert!(
+                served >= BIG as u64,
+                "read-write union: daemon served {served}"
+            );
+        }
+    }
+}
+
+/// The sum of the first `len` bytes of `f`, read through a private read-only mapping.
+fn mapped_sum(f: &File, len: usize) -> u64 {
+    use rustix::mm::{MapFlags, ProtFlags, mmap, munmap};
+    // SAFETY: a fresh read-only mapping of a file we hold open, only read here and unmapped
+    // before returning; nothing else aliases it.
+    unsafe {
+        let p = mmap(
+            std::ptr::null_mut(),
+            len,
+            ProtFlags::READ,
+            MapFlags::PRIVATE,
+            f,
+            0,
+        )
+        .unwrap();
+        let sum = std::slice::from_raw_parts(p.cast::<u8>(), len)
+            .iter()
+            .map(|&b| u64::from(b))
+            .sum();
+        munmap(p, len).unwrap();
+        sum
     }
 }
 
