@@ -24,6 +24,9 @@ pub struct FileHandle {
     pub flags: OFlags,
     /// Opened by execve: while it lives the kernel denies writes to the file (ETXTBSY).
     pub exec: bool,
+    /// Where the last read through the daemon ended: a read starting there continues a
+    /// sequential read (see `Union::read`).
+    pub read_end: AtomicU64,
 }
 
 /// One entry of a merged directory listing.
