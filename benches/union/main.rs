@@ -127,12 +127,12 @@ fn main() {
     );
     print!("{:<20}", "workload");
     for i in &impls {
-        print!("{:>16}", i.name());
+        print!("{:>20}", i.name());
     }
     // Ratios only when kernel overlayfs ran (it is first in `Impl::all()`).
     let ratios = impls.first() == Some(&Impl::Kernel);
     for i in impls.iter().skip(1).filter(|_| ratios) {
-        print!("{:>16}", format!("{}/kernel", short(*i)));
+        print!("{:>20}", format!("{}/kernel", short(*i)));
     }
     println!();
     let mut peak: Vec<u64> = vec![0; impls.len()];
@@ -160,11 +160,11 @@ fn main() {
         let medians: Vec<Duration> = times.into_iter().map(median).collect();
         print!("{:<20}", w.name);
         for m in &medians {
-            print!("{:>15.3}s", m.as_secs_f64());
+            print!("{:>19.3}s", m.as_secs_f64());
         }
         if ratios {
             for m in medians.iter().skip(1) {
-                print!("{:>15.2}x", m.as_secs_f64() / medians[0].as_secs_f64());
+                print!("{:>19.2}x", m.as_secs_f64() / medians[0].as_secs_f64());
             }
         }
         println!();
@@ -172,8 +172,8 @@ fn main() {
     print!("{:<20}", "peak RSS (MiB)");
     for (k, i) in impls.iter().enumerate() {
         match i {
-            Impl::Kernel => print!("{:>16}", "-"),
-            _ => print!("{:>16.1}", peak[k] as f64 / 1024.0),
+            Impl::Kernel => print!("{:>20}", "-"),
+            _ => print!("{:>20.1}", peak[k] as f64 / 1024.0),
         }
     }
     println!();
