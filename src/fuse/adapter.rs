@@ -1,6 +1,8 @@
 //! The fuser adapter: converts FUSE requests into engine calls and engine results into
 //! replies. It holds no union logic; every errno comes from the engine through one explicit
 //! conversion (`convert::fuse_errno`), never through `io::Error` (which fuser would turn into EIO).
+//! Every handler starts with `let _spin = self.spin.request();`: the guard lives until the
+//! handler returns, after its reply, and then polls for the next request (see `spin`).
 
 use std::ffi::OsStr;
 use std::os::fd::OwnedFd;
