@@ -12,31 +12,26 @@
 //!   name is removed stays `pin`ned until the kernel forgets it, so the upper filesystem cannot
 //!   give its inode number (hence the node id) to a new object meanwhile.
 
+pub mod compact;
 pub mod handle;
 
-use std::collections::HashMap;
 use std::ffi::OsStr;
+use std::hash::BuildHasher;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use hashbrown::HashTable;
 use parking_lot::RwLock;
 use rustix::fs::FileType;
 
-/// Where one object of the union lives.
+pub use compact::{Lowers, MAX_LAYERS, Paths};
+
+/// Where one object of the union lives. Small and without heap allocations in the common case
+/// (one short path, few lowers): the table holds it inline and `NodeTable::get` copies it.
 #[derive(Clone, Debug)]
 pub struct Node {
     pub ino: u64,
-    pub kind: FileType,
-    /// Union paths (relative, "" for the root) this object is reachable by.
-    pub paths: Vec<PathBuf>,
-    /// Present in the upper layer.
-    pub upper: bool,
-    /// Layer indices of the lower copies that matter: for a non-directory the one it is read
-    /// from (empty once copied up); for a directory every lower directory merged into it.
-    pub lowers: Vec<usize>,
-    /// Layer indices (of `lowers`) whose copy of this directory may hold xattr whiteouts.
-    pub xwhiteouts: Vec<usize>,
     pub lookups: u64,
     /// Told to the kernel with the node id: it changes when the id, an inode number, is
     /// reused by the upper filesystem for a new object while the kernel may still hold the
@@ -50,12 +45,21 @@ pub struct Node {
     /// operation racing with the removal) failed with EIO. Also lets the removed object be
     /// stat'ed.
     pub pin: Option<Arc<OwnedFd>>,
+    /// Union paths (relative, "" for the root) this object is reachable by.
+    pub paths: Paths,
+    /// The lower copies that matter: for a non-directory the one it is read from (empty once
+    /// copied up); for a directory every lower directory merged into it, each flagged when
+    /// its copy may hold xattr whiteouts.
+    pub lowers: Lowers,
+    pub kind: FileType,
+    /// Present in the upper layer.
+    pub upper: bool,
 }
 
 impl Node {
     /// The path the engine uses to act on the object; `None` once it was unlinked.
     pub fn path(&self) -> Option<&Path> {
-        self.paths.first().map(|p| p.as_path())
+        self.paths.first()
     }
 
     pub fn is_dir(&self) -> bool {
@@ -72,7 +76,7 @@ impl Node {
         if self.upper {
             Some(0)
         } else {
-            self.lowers.first().copied()
+            self.lowers.first()
         }
     }
 }
@@ -86,17 +90,91 @@ pub fn child_path(dir: &Path, name: &OsStr) -> PathBuf {
     }
 }
 
-/// Nodes are boxed: a node is ~110 bytes and a hash table keeps up to twice as many slots as
-/// entries, so inline nodes made the table itself 240 MB after a walk of a million entries;
-/// a boxed slot is 16 bytes.
+/// The nodes, inline in one dense vector, and an index from node id to position. A walk of a
+/// million entries leaves a million nodes: boxed nodes in a `HashMap<u64, Box<Node>>` cost a
+/// 16-byte slot (a hash table keeps up to twice as many slots as entries) plus a ~128-byte
+/// allocation and three small ones for paths and layers, 270 MiB in all; here a node is its
+/// inline size plus a 4-byte index slot. Removal moves the last node into the hole, so the
+/// vector stays dense and can be shrunk.
+#[derive(Default)]
+struct Slab {
+    nodes: Vec<Node>,
+    /// Positions in `nodes`, hashed by their node's id.
+    index: HashTable<u32>,
+    hasher: std::hash::RandomState,
+}
+
+impl Slab {
+    fn hash(&self, ino: u64) -> u64 {
+        self.hasher.hash_one(ino)
+    }
+
+    fn find(&self, ino: u64) -> Option<usize> {
+        let nodes = &self.nodes;
+        self.index
+            .find(self.hash(ino), |&i| nodes[i as usize].ino == ino)
+            .map(|&i| i as usize)
+    }
+
+    fn get_mut(&mut self, ino: u64) -> Option<&mut Node> {
+        self.find(ino).map(|i| &mut self.nodes[i])
+    }
+
+    fn insert(&mut self, node: Node) -> usize {
+        let i = self.nodes.len();
+        let pos = u32::try_from(i).expect("fewer than 2^32 nodes");
+        let (nodes, hasher) = (&self.nodes, &self.hasher);
+        self.index.insert_unique(self.hash(node.ino), pos, |&j| {
+            hasher.hash_one(nodes[j as usize].ino)
+        });
+        self.nodes.push(node);
+        i
+    }
+
+    fn remove(&mut self, ino: u64) {
+        let (hash, nodes) = (self.hash(ino), &self.nodes);
+        let Ok(entry) = self
+            .index
+            .find_entry(hash, |&i| nodes[i as usize].ino == ino)
+        else {
+            return;
+        };
+        let (i, _) = entry.remove();
+        let i = i as usize;
+        let last = self.nodes.len() - 1;
+        if i != last {
+            let moved = self.nodes[last].ino;
+            let (hash, nodes) = (self.hash(moved), &self.nodes);
+            *self
+                .index
+                .find_mut(hash, |&j| nodes[j as usize].ino == moved)
+                .expect("every node is indexed") = i as u32;
+        }
+        self.nodes.swap_remove(i);
+    }
+
+    /// Gives memory back once the kernel forgot most of what a big walk left (rehashing is
+    /// linear, so only when four times too large).
+    fn shrink(&mut self) {
+        let len = self.nodes.len();
+        if self.nodes.capacity() > 4096 && len * 4 < self.nodes.capacity() {
+            self.nodes.shrink_to(len * 2);
+            let (nodes, hasher) = (&self.nodes, &self.hasher);
+            self.index
+                .shrink_to(len * 2, |&j| hasher.hash_one(nodes[j as usize].ino));
+        }
+    }
+}
+
 #[derive(Default)]
 pub struct NodeTable {
-    map: RwLock<HashMap<u64, Box<Node>>>,
+    slab: RwLock<Slab>,
 }
 
 impl NodeTable {
     pub fn get(&self, ino: u64) -> Option<Node> {
-        self.map.read().get(&ino).map(|n| Node::clone(n))
+        let slab = self.slab.read();
+        slab.find(ino).map(|i| slab.nodes[i].clone())
     }
 
     /// Inserts or refreshes the node for `fresh` (same ino) and counts one kernel reference.
@@ -110,54 +188,47 @@ impl NodeTable {
     /// ENOENT), so the generation changes: the kernel then drops its old inode instead of
     /// reusing it.
     pub fn upsert(&self, fresh: Node, is_open: impl Fn(u64) -> bool) -> Node {
-        let mut map = self.map.write();
-        let n = map.entry(fresh.ino).or_insert_with(|| {
-            Box::new(Node {
+        let mut slab = self.slab.write();
+        let i = match slab.find(fresh.ino) {
+            Some(i) => i,
+            None => slab.insert(Node {
                 lookups: 0,
                 ..fresh.clone()
-            })
-        });
+            }),
+        };
+        let n = &mut slab.nodes[i];
         if n.paths.is_empty() && n.pin.is_none() && (n.is_dir() || !is_open(n.ino)) {
             n.generation += 1;
-            n.paths.clear();
         }
-        let path = fresh.paths[0].clone();
+        let path = fresh.path().expect("a looked-up object has a path");
+        if fresh.kind == FileType::Directory {
+            n.paths = Paths::one(path);
+        } else {
+            // Make the path just looked up the one acted on.
+            n.paths.make_first(path);
+        }
         n.kind = fresh.kind;
         n.upper = fresh.upper;
         n.lowers = fresh.lowers;
-        n.xwhiteouts = fresh.xwhiteouts;
-        if n.kind == FileType::Directory {
-            n.paths = vec![path];
-        } else if let Some(i) = n.paths.iter().position(|p| *p == path) {
-            // Make the path just looked up the one acted on.
-            n.paths.swap(0, i);
-        } else {
-            n.paths.insert(0, path);
-        }
         n.lookups += 1;
-        Node::clone(n)
+        n.clone()
     }
 
     /// Applies `f` to the node, if present.
     pub fn update(&self, ino: u64, f: impl FnOnce(&mut Node)) {
-        if let Some(n) = self.map.write().get_mut(&ino) {
+        if let Some(n) = self.slab.write().get_mut(ino) {
             f(n);
         }
     }
 
     /// Drops `n` kernel references; removes the node at zero. The root is kept.
     pub fn forget(&self, ino: u64, n: u64) {
-        let mut map = self.map.write();
-        if let Some(node) = map.get_mut(&ino) {
+        let mut slab = self.slab.write();
+        if let Some(node) = slab.get_mut(ino) {
             node.lookups = node.lookups.saturating_sub(n);
             if node.lookups == 0 && ino != crate::union::inode::ROOT {
-                map.remove(&ino);
-                // Give the table back once the kernel forgot most of what a big walk left
-                // (rehashing is linear, so only when it is four times too large).
-                let len = map.len();
-                if map.capacity() > 4096 && len * 4 < map.capacity() {
-                    map.shrink_to(len * 2);
-                }
+                slab.remove(ino);
+                slab.shrink();
             }
         }
     }
@@ -166,8 +237,8 @@ impl NodeTable {
     /// fd to the removed upper object opened before the removal, is kept if that was the
     /// node's last path (see `Node::pin`).
     pub fn unlink_path(&self, ino: u64, path: &Path, pin: Option<OwnedFd>) {
-        if let Some(n) = self.map.write().get_mut(&ino) {
-            n.paths.retain(|p| p != path);
+        if let Some(n) = self.slab.write().get_mut(ino) {
+            n.paths.remove(path);
             if n.paths.is_empty() && pin.is_some() {
                 n.pin = pin.map(Arc::new);
             }
@@ -180,26 +251,23 @@ impl NodeTable {
     /// descendants move too.
     pub fn rename_paths(&self, moves: &[(&Path, &Path)], inos: &[u64], subtree: bool) {
         let rewrite = |n: &mut Node| {
-            for p in n.paths.iter_mut() {
-                let moved = moves.iter().find_map(|(from, to)| {
+            n.paths.rewrite(|p| {
+                moves.iter().find_map(|(from, to)| {
                     let rest = p.strip_prefix(from).ok()?;
                     Some(if rest.as_os_str().is_empty() {
                         to.to_path_buf()
                     } else {
                         to.join(rest)
                     })
-                });
-                if let Some(m) = moved {
-                    *p = m;
-                }
-            }
+                })
+            })
         };
-        let mut map = self.map.write();
+        let mut slab = self.slab.write();
         if subtree {
-            map.values_mut().for_each(|n| rewrite(n));
+            slab.nodes.iter_mut().for_each(rewrite);
         } else {
-            for ino in inos {
-                if let Some(n) = map.get_mut(ino) {
+            for &ino in inos {
+                if let Some(n) = slab.get_mut(ino) {
                     rewrite(n);
                 }
             }
@@ -208,7 +276,7 @@ impl NodeTable {
 
     /// Number of nodes held (for memory checks).
     pub fn len(&self) -> usize {
-        self.map.read().len()
+        self.slab.read().nodes.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -224,10 +292,9 @@ mod tests {
         Node {
             ino,
             kind,
-            paths: vec![PathBuf::from(path)],
+            paths: Paths::one(Path::new(path)),
             upper: true,
-            lowers: Vec::new(),
-            xwhiteouts: Vec::new(),
+            lowers: Lowers::default(),
             lookups: 0,
             generation: 0,
             pin: None,
@@ -256,7 +323,7 @@ mod tests {
             again.lookups, 3,
             "the kernel forgets both inodes under the one id"
         );
-        assert_eq!(again.paths, [PathBuf::from("b")]);
+        assert_eq!(again.paths, Paths::one(Path::new("b")));
     }
 
     #[test]
