@@ -6,7 +6,7 @@
 //!   buffer; the root's one path "" is a single NUL. Order is kept (the first path is the one
 //!   acted on).
 //! - `Lowers`: the lower layers of an object, top first, as 15-bit layer indices (hence
-//!   `MAX_LAYERS`) each carrying a flag for "this layer's copy of the directory may hold xattr
+//!   `MAX_LAYERS`), inline up to three, each carrying a flag for "this layer's copy of the directory may hold xattr
 //!   whiteouts", so the flagged layers are always a subset of the lowers.
 
 use std::ffi::OsStr;
@@ -128,20 +128,66 @@ impl std::fmt::Debug for Paths {
     }
 }
 
-#[derive(Clone, Default, PartialEq, Eq)]
-pub struct Lowers(SmallVec<[u16; 8]>);
+/// Up to `LOWERS_INLINE` layers inline (16 bytes in all: a non-directory has at most one
+/// lower, a directory usually few), more in a heap vector.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Lowers(LowersRepr);
+
+const LOWERS_INLINE: usize = 3;
+
+#[derive(Clone, PartialEq, Eq)]
+enum LowersRepr {
+    Inline(u8, [u16; LOWERS_INLINE]),
+    #[expect(
+        clippy::box_collection,
+        reason = "a thin pointer keeps Lowers at 16 bytes; a Vec or boxed slice would make it 24"
+    )]
+    Heap(Box<Vec<u16>>),
+}
+
+impl Default for Lowers {
+    fn default() -> Self {
+        Lowers(LowersRepr::Inline(0, [0; LOWERS_INLINE]))
+    }
+}
 
 impl Lowers {
+    fn as_slice(&self) -> &[u16] {
+        match &self.0 {
+            LowersRepr::Inline(len, l) => &l[..usize::from(*len)],
+            LowersRepr::Heap(v) => v,
+        }
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [u16] {
+        match &mut self.0 {
+            LowersRepr::Inline(len, l) => &mut l[..usize::from(*len)],
+            LowersRepr::Heap(v) => v,
+        }
+    }
+
     /// Adds lower layer `layer` below the ones already there.
     pub fn push(&mut self, layer: usize) {
         assert!(layer < MAX_LAYERS, "layer index {layer} out of range");
-        self.0.push(layer as u16);
+        let layer = layer as u16;
+        match &mut self.0 {
+            LowersRepr::Inline(len, l) if usize::from(*len) < LOWERS_INLINE => {
+                l[usize::from(*len)] = layer;
+                *len += 1;
+            }
+            LowersRepr::Inline(_, l) => {
+                let mut v = l.to_vec();
+                v.push(layer);
+                self.0 = LowersRepr::Heap(Box::new(v));
+            }
+            LowersRepr::Heap(v) => v.push(layer),
+        }
     }
 
     /// Flags `layer`, one of the lowers, as possibly holding xattr whiteouts.
     pub fn mark_xwhiteouts(&mut self, layer: usize) {
-        match self
-            .0
+        let l = self.as_mut_slice();
+        match l
             .iter_mut()
             .find(|l| usize::from(**l & !XWHITEOUTS) == layer)
         {
@@ -157,7 +203,7 @@ impl Lowers {
 
     /// The layers, top first, each with whether it may hold xattr whiteouts.
     pub fn with_xwhiteouts(&self) -> impl Iterator<Item = (usize, bool)> + '_ {
-        self.0
+        self.as_slice()
             .iter()
             .map(|&l| (usize::from(l & !XWHITEOUTS), l & XWHITEOUTS != 0))
     }
@@ -167,15 +213,15 @@ impl Lowers {
     }
 
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.as_slice().len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.len() == 0
     }
 
     pub fn clear(&mut self) {
-        self.0.clear();
+        *self = Self::default();
     }
 }
 
@@ -224,13 +270,18 @@ mod tests {
     #[test]
     fn lowers_carry_their_xwhiteout_flags() {
         let mut l = Lowers::default();
-        l.push(3);
-        l.push(MAX_LAYERS - 1);
+        for layer in [3, 4, 5, MAX_LAYERS - 1] {
+            l.push(layer);
+        }
+        l.mark_xwhiteouts(4);
         l.mark_xwhiteouts(MAX_LAYERS - 1);
         assert_eq!(
             l.with_xwhiteouts().collect::<Vec<_>>(),
-            [(3, false), (MAX_LAYERS - 1, true)]
+            [(3, false), (4, true), (5, false), (MAX_LAYERS - 1, true)]
         );
-        assert_eq!((l.first(), l.len()), (Some(3), 2));
+        assert_eq!((l.first(), l.len()), (Some(3), 4));
+        l.clear();
+        assert!(l.is_empty());
+        assert_eq!(std::mem::size_of::<Lowers>(), 16);
     }
 }

@@ -7,23 +7,27 @@
 //!   dropped (the root is never dropped);
 //! - a directory has exactly one path; a non-directory has one per known hard link, and none
 //!   once it was unlinked (it then lives on only through open handles);
-//! - `upper` is true once the object exists in the upper at `paths[0]` (copy-up flips it);
+//! - `upper` is true once the object exists in the upper at its first path (copy-up flips it);
 //! - a node id names one object while the kernel holds it: an upper object whose last known
-//!   name is removed stays `pin`ned until the kernel forgets it, so the upper filesystem cannot
-//!   give its inode number (hence the node id) to a new object meanwhile.
+//!   name is removed stays pinned (`NodeTable::pin`) until the kernel forgets it, so the upper
+//!   filesystem cannot give its inode number (hence the node id) to a new object meanwhile;
+//! - memory is proportional to the nodes held: a node is 64 bytes inline (`slab`) with no
+//!   heap allocation while its paths fit `compact`'s inline buffer and it has at most three
+//!   lowers, and the table gives memory back as the kernel forgets.
 
 pub mod compact;
 pub mod handle;
+mod slab;
 
 use std::ffi::OsStr;
-use std::hash::BuildHasher;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use hashbrown::HashTable;
 use parking_lot::RwLock;
 use rustix::fs::FileType;
+
+use slab::Slab;
 
 pub use compact::{Lowers, MAX_LAYERS, Paths};
 
@@ -36,15 +40,7 @@ pub struct Node {
     /// Told to the kernel with the node id: it changes when the id, an inode number, is
     /// reused by the upper filesystem for a new object while the kernel may still hold the
     /// old one (see `NodeTable::upsert`).
-    pub generation: u64,
-    /// An `O_PATH` fd to the upper object once its last known name was removed while the
-    /// kernel still holds the node: like the kernel's overlay inode holding its upper inode,
-    /// it keeps the inode number from being reused until the kernel forgets the node. Without
-    /// it, a new object got the removed one's node id, the kernel marked the inode it still
-    /// held bad, and everything done through it (fstat of an open removed directory, an
-    /// operation racing with the removal) failed with EIO. Also lets the removed object be
-    /// stat'ed.
-    pub pin: Option<Arc<OwnedFd>>,
+    pub generation: u32,
     /// Union paths (relative, "" for the root) this object is reachable by.
     pub paths: Paths,
     /// The lower copies that matter: for a non-directory the one it is read from (empty once
@@ -90,82 +86,6 @@ pub fn child_path(dir: &Path, name: &OsStr) -> PathBuf {
     }
 }
 
-/// The nodes, inline in one dense vector, and an index from node id to position. A walk of a
-/// million entries leaves a million nodes: boxed nodes in a `HashMap<u64, Box<Node>>` cost a
-/// 16-byte slot (a hash table keeps up to twice as many slots as entries) plus a ~128-byte
-/// allocation and three small ones for paths and layers, 270 MiB in all; here a node is its
-/// inline size plus a 4-byte index slot. Removal moves the last node into the hole, so the
-/// vector stays dense and can be shrunk.
-#[derive(Default)]
-struct Slab {
-    nodes: Vec<Node>,
-    /// Positions in `nodes`, hashed by their node's id.
-    index: HashTable<u32>,
-    hasher: std::hash::RandomState,
-}
-
-impl Slab {
-    fn hash(&self, ino: u64) -> u64 {
-        self.hasher.hash_one(ino)
-    }
-
-    fn find(&self, ino: u64) -> Option<usize> {
-        let nodes = &self.nodes;
-        self.index
-            .find(self.hash(ino), |&i| nodes[i as usize].ino == ino)
-            .map(|&i| i as usize)
-    }
-
-    fn get_mut(&mut self, ino: u64) -> Option<&mut Node> {
-        self.find(ino).map(|i| &mut self.nodes[i])
-    }
-
-    fn insert(&mut self, node: Node) -> usize {
-        let i = self.nodes.len();
-        let pos = u32::try_from(i).expect("fewer than 2^32 nodes");
-        let (nodes, hasher) = (&self.nodes, &self.hasher);
-        self.index.insert_unique(self.hash(node.ino), pos, |&j| {
-            hasher.hash_one(nodes[j as usize].ino)
-        });
-        self.nodes.push(node);
-        i
-    }
-
-    fn remove(&mut self, ino: u64) {
-        let (hash, nodes) = (self.hash(ino), &self.nodes);
-        let Ok(entry) = self
-            .index
-            .find_entry(hash, |&i| nodes[i as usize].ino == ino)
-        else {
-            return;
-        };
-        let (i, _) = entry.remove();
-        let i = i as usize;
-        let last = self.nodes.len() - 1;
-        if i != last {
-            let moved = self.nodes[last].ino;
-            let (hash, nodes) = (self.hash(moved), &self.nodes);
-            *self
-                .index
-                .find_mut(hash, |&j| nodes[j as usize].ino == moved)
-                .expect("every node is indexed") = i as u32;
-        }
-        self.nodes.swap_remove(i);
-    }
-
-    /// Gives memory back once the kernel forgot most of what a big walk left (rehashing is
-    /// linear, so only when four times too large).
-    fn shrink(&mut self) {
-        let len = self.nodes.len();
-        if self.nodes.capacity() > 4096 && len * 4 < self.nodes.capacity() {
-            self.nodes.shrink_to(len * 2);
-            let (nodes, hasher) = (&self.nodes, &self.hasher);
-            self.index
-                .shrink_to(len * 2, |&j| hasher.hash_one(nodes[j as usize].ino));
-        }
-    }
-}
-
 #[derive(Default)]
 pub struct NodeTable {
     slab: RwLock<Slab>,
@@ -173,8 +93,12 @@ pub struct NodeTable {
 
 impl NodeTable {
     pub fn get(&self, ino: u64) -> Option<Node> {
-        let slab = self.slab.read();
-        slab.find(ino).map(|i| slab.nodes[i].clone())
+        self.slab.read().find(ino).cloned()
+    }
+
+    /// The pin of removed node `ino`, if it has one (see `unlink_path`).
+    pub fn pin(&self, ino: u64) -> Option<Arc<OwnedFd>> {
+        self.slab.read().pins.get(&ino).cloned()
     }
 
     /// Inserts or refreshes the node for `fresh` (same ino) and counts one kernel reference.
@@ -189,16 +113,16 @@ impl NodeTable {
     /// reusing it.
     pub fn upsert(&self, fresh: Node, is_open: impl Fn(u64) -> bool) -> Node {
         let mut slab = self.slab.write();
-        let i = match slab.find(fresh.ino) {
-            Some(i) => i,
+        let pinned = slab.pins.contains_key(&fresh.ino);
+        let n = match slab.find(fresh.ino) {
+            Some(_) => slab.find_mut(fresh.ino).expect("just found"),
             None => slab.insert(Node {
                 lookups: 0,
                 ..fresh.clone()
             }),
         };
-        let n = &mut slab.nodes[i];
-        if n.paths.is_empty() && n.pin.is_none() && (n.is_dir() || !is_open(n.ino)) {
-            n.generation += 1;
+        if n.paths.is_empty() && !pinned && (n.is_dir() || !is_open(n.ino)) {
+            n.generation = n.generation.wrapping_add(1);
         }
         let path = fresh.path().expect("a looked-up object has a path");
         if fresh.kind == FileType::Directory {
@@ -216,7 +140,7 @@ impl NodeTable {
 
     /// Applies `f` to the node, if present.
     pub fn update(&self, ino: u64, f: impl FnOnce(&mut Node)) {
-        if let Some(n) = self.slab.write().get_mut(ino) {
+        if let Some(n) = self.slab.write().find_mut(ino) {
             f(n);
         }
     }
@@ -224,24 +148,29 @@ impl NodeTable {
     /// Drops `n` kernel references; removes the node at zero. The root is kept.
     pub fn forget(&self, ino: u64, n: u64) {
         let mut slab = self.slab.write();
-        if let Some(node) = slab.get_mut(ino) {
+        if let Some(node) = slab.find_mut(ino) {
             node.lookups = node.lookups.saturating_sub(n);
             if node.lookups == 0 && ino != crate::union::inode::ROOT {
                 slab.remove(ino);
-                slab.shrink();
             }
         }
     }
 
     /// Forgets the path `path` of node `ino` (the name was unlinked or replaced); `pin`, an
     /// fd to the removed upper object opened before the removal, is kept if that was the
-    /// node's last path (see `Node::pin`).
+    /// node's last path: like the kernel's overlay inode holding its upper inode, it keeps the
+    /// inode number from being reused until the kernel forgets the node. Without it, a new
+    /// object got the removed one's node id, the kernel marked the inode it still held bad,
+    /// and everything done through it (fstat of an open removed directory, an operation
+    /// racing with the removal) failed with EIO. It also lets the removed object be stat'ed.
     pub fn unlink_path(&self, ino: u64, path: &Path, pin: Option<OwnedFd>) {
-        if let Some(n) = self.slab.write().get_mut(ino) {
-            n.paths.remove(path);
-            if n.paths.is_empty() && pin.is_some() {
-                n.pin = pin.map(Arc::new);
-            }
+        let mut slab = self.slab.write();
+        let Some(n) = slab.find_mut(ino) else {
+            return;
+        };
+        n.paths.remove(path);
+        if let (true, Some(pin)) = (n.paths.is_empty(), pin) {
+            slab.pins.insert(ino, Arc::new(pin));
         }
     }
 
@@ -264,10 +193,10 @@ impl NodeTable {
         };
         let mut slab = self.slab.write();
         if subtree {
-            slab.nodes.iter_mut().for_each(rewrite);
+            slab.iter_mut().for_each(rewrite);
         } else {
             for &ino in inos {
-                if let Some(n) = slab.get_mut(ino) {
+                if let Some(n) = slab.find_mut(ino) {
                     rewrite(n);
                 }
             }
@@ -276,7 +205,7 @@ impl NodeTable {
 
     /// Number of nodes held (for memory checks).
     pub fn len(&self) -> usize {
-        self.slab.read().nodes.len()
+        self.slab.read().len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -297,8 +226,13 @@ mod tests {
             lowers: Lowers::default(),
             lookups: 0,
             generation: 0,
-            pin: None,
         }
+    }
+
+    #[test]
+    fn a_node_is_64_bytes() {
+        // What a walk of a million entries costs (benches/memwalk.sh); see `slab`.
+        assert_eq!(std::mem::size_of::<Node>(), 64);
     }
 
     #[test]
@@ -351,11 +285,12 @@ mod tests {
         t.upsert(node(5, FileType::RegularFile, "f"), |_| false);
         let pin = rustix::fs::open(".", rustix::fs::OFlags::PATH, rustix::fs::Mode::empty());
         t.unlink_path(5, Path::new("f"), Some(pin.unwrap()));
-        assert!(t.get(5).unwrap().pin.is_some());
+        assert!(t.pin(5).is_some());
         // Pinned, its number cannot have been reused: another name of it, same generation.
         let again = t.upsert(node(5, FileType::RegularFile, "g"), |_| false);
         assert_eq!(again.generation, 0);
         t.forget(5, 2);
-        assert!(t.get(5).is_none(), "the pin goes with the node");
+        assert!(t.get(5).is_none());
+        assert!(t.pin(5).is_none(), "the pin goes with the node");
     }
 }

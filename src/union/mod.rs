@@ -218,7 +218,7 @@ impl Union {
         }
         Attr {
             ino: node.ino,
-            generation: node.generation,
+            generation: u64::from(node.generation),
             st,
         }
     }
@@ -233,7 +233,6 @@ impl Union {
             lowers: crate::node::Lowers::default(),
             lookups: 0,
             generation: 0,
-            pin: None,
         };
         // Like the kernel, an opaque marker on a layer root is ignored: the root always merges
         // every lower.

@@ -87,7 +87,6 @@ impl Union {
                         lowers: Lowers::default(),
                         lookups: 0,
                         generation: 0,
-                        pin: None,
                     };
                     node.ino = self.inos.of((st.st_dev, st.st_ino));
                     if !node.upper {
