@@ -48,6 +48,7 @@ measure() {
         n=$((n + 1)); [ $n -lt 300 ] || { echo "$1 did not mount" >&2; kill $pid; exit 1; }
         sleep 0.1
     done
+    echo "$1: mounted; $(status $pid VmRSS)"
     start=$(date +%s.%N)
     find "$scratch/mnt" -ls >/dev/null
     end=$(date +%s.%N)

@@ -81,21 +81,24 @@ impl Paths {
         self.0.insert_many(0, bytes.iter().copied().chain([0]));
     }
 
-    /// Replaces every path by `f(path)` where it gives one.
+    /// Replaces every path by `f(path)` where it gives one. A directory rename calls this on
+    /// every node, so an unchanged node is left as it is, without building anything.
     pub fn rewrite(&mut self, mut f: impl FnMut(&Path) -> Option<std::path::PathBuf>) {
-        let mut changed = false;
-        let new: Paths = self
-            .iter()
-            .map(|p| match f(p) {
-                Some(m) => {
-                    changed = true;
-                    std::borrow::Cow::Owned(m)
+        let mut new: Option<Paths> = None;
+        for (k, p) in self.iter().enumerate() {
+            match (f(p), &mut new) {
+                (Some(m), None) => {
+                    let mut n: Paths = self.iter().take(k).collect();
+                    n.push(&m);
+                    new = Some(n);
                 }
-                None => std::borrow::Cow::Borrowed(p),
-            })
-            .collect();
-        if changed {
-            *self = new;
+                (Some(m), Some(n)) => n.push(&m),
+                (None, Some(n)) => n.push(p),
+                (None, None) => {}
+            }
+        }
+        if let Some(n) = new {
+            *self = n;
         }
     }
 
