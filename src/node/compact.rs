@@ -266,6 +266,9 @@ mod tests {
             strs(&p),
             ["d", "c", "x/long/enough/to/leave/the/inline/buffer"]
         );
+        let before = p.clone();
+        p.rewrite(|p| p.strip_prefix("y").ok().map(Path::to_path_buf));
+        assert_eq!(p, before, "nothing moves");
         p.clear();
         assert!(p.is_empty());
     }
