@@ -68,9 +68,8 @@ impl Paths {
 
     /// Removes `path` if present.
     pub fn remove(&mut self, path: &Path) {
-        if let Some(start) = self.position(path) {
-            let len = path.as_os_str().len() + 1;
-            self.0.drain(start..start + len);
+        if let Some(range) = self.position(path) {
+            self.0.drain(range);
         }
     }
 
@@ -102,14 +101,16 @@ impl Paths {
         }
     }
 
-    /// Byte offset of `path` in the buffer.
-    fn position(&self, path: &Path) -> Option<usize> {
+    /// The bytes of the stored path equal to `path` (compared as paths, by components, like
+    /// `PathBuf`s were), its NUL included.
+    fn position(&self, path: &Path) -> Option<std::ops::Range<usize>> {
         let mut start = 0;
         for p in self.iter() {
+            let end = start + p.as_os_str().len() + 1;
             if p == path {
-                return Some(start);
+                return Some(start..end);
             }
-            start += p.as_os_str().len() + 1;
+            start = end;
         }
         None
     }
@@ -257,7 +258,8 @@ mod tests {
         assert_eq!(strs(&p)[..2], ["c", "a/b"]);
         p.make_first(Path::new("d"));
         assert_eq!(strs(&p)[..2], ["d", "c"]);
-        p.remove(Path::new("a/b"));
+        // Equal as paths though not byte for byte: the stored bytes go.
+        p.remove(Path::new("a//b/"));
         p.remove(Path::new("a"));
         assert!(!p.contains(Path::new("a/b")));
         assert_eq!(p.len(), 3);
