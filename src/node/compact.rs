@@ -62,6 +62,9 @@ impl Paths {
 
     /// Appends `path` (not checked for duplicates).
     pub fn push(&mut self, path: &Path) {
+        // Exact: growing by powers of two would leave up to half of a long path's buffer
+        // unused in every node holding one.
+        self.0.reserve_exact(path.as_os_str().len() + 1);
         self.0.extend_from_slice(path.as_os_str().as_bytes());
         self.0.push(0);
     }
@@ -250,6 +253,8 @@ mod tests {
         assert_eq!(p.first(), None);
         p.push(Path::new(""));
         assert_eq!((p.len(), p.first()), (1, Some(Path::new(""))));
+        let long = Path::new("usr/share/doc/unionmount/changelog.gz");
+        assert_eq!(Paths::one(long).0.capacity(), long.as_os_str().len() + 1);
         let mut p: Paths = ["a/b", "a/long/enough/to/leave/the/inline/buffer", "c"]
             .into_iter()
             .collect();
