@@ -67,6 +67,14 @@ pub fn validate(opts: &mut Options) -> Result<Locks, SetupError> {
     if cfg.lowers.is_empty() {
         return err("no lower directory given");
     }
+    // Layer indices are stored in 15 bits per node (see `node::compact`).
+    if cfg.lowers.len() >= crate::node::MAX_LAYERS {
+        return err(format!(
+            "{} lower directories given; at most {} can be stacked",
+            cfg.lowers.len(),
+            crate::node::MAX_LAYERS - 1
+        ));
+    }
     for l in &mut cfg.lowers {
         *l = canonical_dir(l, "lower directory")?;
     }

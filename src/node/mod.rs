@@ -7,14 +7,18 @@
 //!   dropped (the root is never dropped);
 //! - a directory has exactly one path; a non-directory has one per known hard link, and none
 //!   once it was unlinked (it then lives on only through open handles);
-//! - `upper` is true once the object exists in the upper at `paths[0]` (copy-up flips it);
+//! - `upper` is true once the object exists in the upper at its first path (copy-up flips it);
 //! - a node id names one object while the kernel holds it: an upper object whose last known
-//!   name is removed stays `pin`ned until the kernel forgets it, so the upper filesystem cannot
-//!   give its inode number (hence the node id) to a new object meanwhile.
+//!   name is removed stays pinned (`NodeTable::pin`) until the kernel forgets it, so the upper
+//!   filesystem cannot give its inode number (hence the node id) to a new object meanwhile;
+//! - memory is proportional to the nodes held: a node is 64 bytes inline (`slab`) with no
+//!   heap allocation while its paths fit `compact`'s inline buffer and it has at most three
+//!   lowers, and the table gives memory back as the kernel forgets.
 
+pub mod compact;
 pub mod handle;
+mod slab;
 
-use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
@@ -23,39 +27,35 @@ use std::sync::Arc;
 use parking_lot::RwLock;
 use rustix::fs::FileType;
 
-/// Where one object of the union lives.
+use slab::Slab;
+
+pub use compact::{Lowers, MAX_LAYERS, Paths};
+
+/// Where one object of the union lives. Small and without heap allocations in the common case
+/// (one short path, few lowers): the table holds it inline and `NodeTable::get` copies it.
 #[derive(Clone, Debug)]
 pub struct Node {
     pub ino: u64,
-    pub kind: FileType,
-    /// Union paths (relative, "" for the root) this object is reachable by.
-    pub paths: Vec<PathBuf>,
-    /// Present in the upper layer.
-    pub upper: bool,
-    /// Layer indices of the lower copies that matter: for a non-directory the one it is read
-    /// from (empty once copied up); for a directory every lower directory merged into it.
-    pub lowers: Vec<usize>,
-    /// Layer indices (of `lowers`) whose copy of this directory may hold xattr whiteouts.
-    pub xwhiteouts: Vec<usize>,
     pub lookups: u64,
     /// Told to the kernel with the node id: it changes when the id, an inode number, is
     /// reused by the upper filesystem for a new object while the kernel may still hold the
     /// old one (see `NodeTable::upsert`).
-    pub generation: u64,
-    /// An `O_PATH` fd to the upper object once its last known name was removed while the
-    /// kernel still holds the node: like the kernel's overlay inode holding its upper inode,
-    /// it keeps the inode number from being reused until the kernel forgets the node. Without
-    /// it, a new object got the removed one's node id, the kernel marked the inode it still
-    /// held bad, and everything done through it (fstat of an open removed directory, an
-    /// operation racing with the removal) failed with EIO. Also lets the removed object be
-    /// stat'ed.
-    pub pin: Option<Arc<OwnedFd>>,
+    pub generation: u32,
+    /// Union paths (relative, "" for the root) this object is reachable by.
+    pub paths: Paths,
+    /// The lower copies that matter: for a non-directory the one it is read from (empty once
+    /// copied up); for a directory every lower directory merged into it, each flagged when
+    /// its copy may hold xattr whiteouts.
+    pub lowers: Lowers,
+    pub kind: FileType,
+    /// Present in the upper layer.
+    pub upper: bool,
 }
 
 impl Node {
     /// The path the engine uses to act on the object; `None` once it was unlinked.
     pub fn path(&self) -> Option<&Path> {
-        self.paths.first().map(|p| p.as_path())
+        self.paths.first()
     }
 
     pub fn is_dir(&self) -> bool {
@@ -72,7 +72,7 @@ impl Node {
         if self.upper {
             Some(0)
         } else {
-            self.lowers.first().copied()
+            self.lowers.first()
         }
     }
 }
@@ -86,17 +86,19 @@ pub fn child_path(dir: &Path, name: &OsStr) -> PathBuf {
     }
 }
 
-/// Nodes are boxed: a node is ~110 bytes and a hash table keeps up to twice as many slots as
-/// entries, so inline nodes made the table itself 240 MB after a walk of a million entries;
-/// a boxed slot is 16 bytes.
 #[derive(Default)]
 pub struct NodeTable {
-    map: RwLock<HashMap<u64, Box<Node>>>,
+    slab: RwLock<Slab>,
 }
 
 impl NodeTable {
     pub fn get(&self, ino: u64) -> Option<Node> {
-        self.map.read().get(&ino).map(|n| Node::clone(n))
+        self.slab.read().find(ino).cloned()
+    }
+
+    /// The pin of removed node `ino`, if it has one (see `unlink_path`).
+    pub fn pin(&self, ino: u64) -> Option<Arc<OwnedFd>> {
+        self.slab.read().pins.get(&ino).cloned()
     }
 
     /// Inserts or refreshes the node for `fresh` (same ino) and counts one kernel reference.
@@ -110,67 +112,65 @@ impl NodeTable {
     /// ENOENT), so the generation changes: the kernel then drops its old inode instead of
     /// reusing it.
     pub fn upsert(&self, fresh: Node, is_open: impl Fn(u64) -> bool) -> Node {
-        let mut map = self.map.write();
-        let n = map.entry(fresh.ino).or_insert_with(|| {
-            Box::new(Node {
+        let mut slab = self.slab.write();
+        let pinned = slab.pins.contains_key(&fresh.ino);
+        let n = match slab.find(fresh.ino) {
+            Some(_) => slab.find_mut(fresh.ino).expect("just found"),
+            None => slab.insert(Node {
                 lookups: 0,
                 ..fresh.clone()
-            })
-        });
-        if n.paths.is_empty() && n.pin.is_none() && (n.is_dir() || !is_open(n.ino)) {
-            n.generation += 1;
-            n.paths.clear();
+            }),
+        };
+        if n.paths.is_empty() && !pinned && (n.is_dir() || !is_open(n.ino)) {
+            n.generation = n.generation.wrapping_add(1);
         }
-        let path = fresh.paths[0].clone();
+        let path = fresh.path().expect("a looked-up object has a path");
+        if fresh.kind == FileType::Directory {
+            n.paths = Paths::one(path);
+        } else {
+            // Make the path just looked up the one acted on.
+            n.paths.make_first(path);
+        }
         n.kind = fresh.kind;
         n.upper = fresh.upper;
         n.lowers = fresh.lowers;
-        n.xwhiteouts = fresh.xwhiteouts;
-        if n.kind == FileType::Directory {
-            n.paths = vec![path];
-        } else if let Some(i) = n.paths.iter().position(|p| *p == path) {
-            // Make the path just looked up the one acted on.
-            n.paths.swap(0, i);
-        } else {
-            n.paths.insert(0, path);
-        }
         n.lookups += 1;
-        Node::clone(n)
+        n.clone()
     }
 
     /// Applies `f` to the node, if present.
     pub fn update(&self, ino: u64, f: impl FnOnce(&mut Node)) {
-        if let Some(n) = self.map.write().get_mut(&ino) {
+        if let Some(n) = self.slab.write().find_mut(ino) {
             f(n);
         }
     }
 
     /// Drops `n` kernel references; removes the node at zero. The root is kept.
     pub fn forget(&self, ino: u64, n: u64) {
-        let mut map = self.map.write();
-        if let Some(node) = map.get_mut(&ino) {
+        let mut slab = self.slab.write();
+        if let Some(node) = slab.find_mut(ino) {
             node.lookups = node.lookups.saturating_sub(n);
             if node.lookups == 0 && ino != crate::union::inode::ROOT {
-                map.remove(&ino);
-                // Give the table back once the kernel forgot most of what a big walk left
-                // (rehashing is linear, so only when it is four times too large).
-                let len = map.len();
-                if map.capacity() > 4096 && len * 4 < map.capacity() {
-                    map.shrink_to(len * 2);
-                }
+                slab.remove(ino);
             }
         }
     }
 
     /// Forgets the path `path` of node `ino` (the name was unlinked or replaced); `pin`, an
     /// fd to the removed upper object opened before the removal, is kept if that was the
-    /// node's last path (see `Node::pin`).
+    /// node's last path: like the kernel's overlay inode holding its upper inode, it keeps the
+    /// inode number from being reused until the kernel forgets the node. Without it, a new
+    /// object got the removed one's node id, the kernel marked the inode it still held bad,
+    /// and everything done through it (fstat of an open removed directory, an operation
+    /// racing with the removal) failed with EIO. It also lets the removed object be stat'ed.
     pub fn unlink_path(&self, ino: u64, path: &Path, pin: Option<OwnedFd>) {
-        if let Some(n) = self.map.write().get_mut(&ino) {
-            n.paths.retain(|p| p != path);
-            if n.paths.is_empty() && pin.is_some() {
-                n.pin = pin.map(Arc::new);
-            }
+        let mut slab = self.slab.write();
+        let Some(n) = slab.find_mut(ino) else {
+            return;
+        };
+        n.paths.remove(path);
+        if let (true, Some(pin)) = (n.paths.is_empty(), pin) {
+            slab.pins.insert(ino, Arc::new(pin));
         }
     }
 
@@ -180,26 +180,23 @@ impl NodeTable {
     /// descendants move too.
     pub fn rename_paths(&self, moves: &[(&Path, &Path)], inos: &[u64], subtree: bool) {
         let rewrite = |n: &mut Node| {
-            for p in n.paths.iter_mut() {
-                let moved = moves.iter().find_map(|(from, to)| {
+            n.paths.rewrite(|p| {
+                moves.iter().find_map(|(from, to)| {
                     let rest = p.strip_prefix(from).ok()?;
                     Some(if rest.as_os_str().is_empty() {
                         to.to_path_buf()
                     } else {
                         to.join(rest)
                     })
-                });
-                if let Some(m) = moved {
-                    *p = m;
-                }
-            }
+                })
+            })
         };
-        let mut map = self.map.write();
+        let mut slab = self.slab.write();
         if subtree {
-            map.values_mut().for_each(|n| rewrite(n));
+            slab.iter_mut().for_each(rewrite);
         } else {
-            for ino in inos {
-                if let Some(n) = map.get_mut(ino) {
+            for &ino in inos {
+                if let Some(n) = slab.find_mut(ino) {
                     rewrite(n);
                 }
             }
@@ -208,7 +205,7 @@ impl NodeTable {
 
     /// Number of nodes held (for memory checks).
     pub fn len(&self) -> usize {
-        self.map.read().len()
+        self.slab.read().len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -224,14 +221,18 @@ mod tests {
         Node {
             ino,
             kind,
-            paths: vec![PathBuf::from(path)],
+            paths: Paths::one(Path::new(path)),
             upper: true,
-            lowers: Vec::new(),
-            xwhiteouts: Vec::new(),
+            lowers: Lowers::default(),
             lookups: 0,
             generation: 0,
-            pin: None,
         }
+    }
+
+    #[test]
+    fn a_node_is_64_bytes() {
+        // What a walk of a million entries costs (benches/memwalk.sh); see `slab`.
+        assert_eq!(std::mem::size_of::<Node>(), 64);
     }
 
     #[test]
@@ -256,7 +257,7 @@ mod tests {
             again.lookups, 3,
             "the kernel forgets both inodes under the one id"
         );
-        assert_eq!(again.paths, [PathBuf::from("b")]);
+        assert_eq!(again.paths, Paths::one(Path::new("b")));
     }
 
     #[test]
@@ -284,11 +285,12 @@ mod tests {
         t.upsert(node(5, FileType::RegularFile, "f"), |_| false);
         let pin = rustix::fs::open(".", rustix::fs::OFlags::PATH, rustix::fs::Mode::empty());
         t.unlink_path(5, Path::new("f"), Some(pin.unwrap()));
-        assert!(t.get(5).unwrap().pin.is_some());
+        assert!(t.pin(5).is_some());
         // Pinned, its number cannot have been reused: another name of it, same generation.
         let again = t.upsert(node(5, FileType::RegularFile, "g"), |_| false);
         assert_eq!(again.generation, 0);
         t.forget(5, 2);
-        assert!(t.get(5).is_none(), "the pin goes with the node");
+        assert!(t.get(5).is_none());
+        assert!(t.pin(5).is_none(), "the pin goes with the node");
     }
 }

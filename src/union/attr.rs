@@ -99,7 +99,7 @@ impl Union {
             // the kernel still holds.
             _ => match self.files.find(|h| h.ino == node.ino) {
                 Some(h) => sys::path::fstat(&*h.fd.read())?,
-                None => sys::path::fstat(node.pin.as_deref().ok_or(Errno::NOENT)?)?,
+                None => sys::path::fstat(&*self.nodes.pin(node.ino).ok_or(Errno::NOENT)?)?,
             },
         };
         Ok(self.attr_from(node, st))

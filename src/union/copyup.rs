@@ -17,7 +17,7 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags, Stat, Timestamps,
 
 use super::Union;
 use crate::layer::upper::remove_tree;
-use crate::node::Node;
+use crate::node::{Node, Paths};
 use crate::sys::{self, Errno};
 
 /// A complete copy of a lower object, waiting in the work directory under `tmp`.
@@ -29,7 +29,7 @@ struct Staged {
 
 /// What `node` is once copied up (to `paths`, its names in the upper): in the upper; a
 /// non-directory no longer has a lower copy.
-fn copied_up(mut node: Node, paths: Vec<std::path::PathBuf>) -> Node {
+fn copied_up(mut node: Node, paths: Paths) -> Node {
     node.upper = true;
     if !node.is_dir() {
         node.lowers.clear();
@@ -109,10 +109,10 @@ impl Union {
         // node, and open/setattr do not say which name they came through: link those names to
         // the copy so all of them keep showing one file (what the kernel's index=on does).
         // Names of the lower file never looked up stay in the lower, renumbered (see copy_one).
-        let mut paths = vec![path.clone()];
-        for alias in node.paths.iter().filter(|p| **p != path) {
+        let mut paths = Paths::one(&path);
+        for alias in node.paths.iter().filter(|p| *p != path) {
             match self.link_alias(&path, alias) {
-                Ok(()) => paths.push(alias.clone()),
+                Ok(()) => paths.push(alias),
                 Err(e) => log::warn!("copy-up: {} stays a lower file: {e}", alias.display()),
             }
         }
@@ -144,7 +144,7 @@ impl Union {
             if !child.is_dir() {
                 return Err(Errno::NOTDIR);
             }
-            let child_path = child.paths[0].clone();
+            let child_path = child.path().ok_or(Errno::NOENT)?.to_path_buf();
             cur = if child.upper {
                 child
             } else {
@@ -171,7 +171,7 @@ impl Union {
     /// Builds a complete copy of the lower object `node` at `path` in the work directory.
     fn stage_one(&self, node: &Node, path: &Path, data: bool) -> Result<Staged, Errno> {
         let up = self.upper()?;
-        let layer = *node.lowers.first().ok_or(Errno::NOENT)?;
+        let layer = node.lowers.first().ok_or(Errno::NOENT)?;
         let (src_dir, name) = self.open_parent(layer, path)?;
         let src = sys::path::stat_at(src_dir.as_fd(), name)?;
         let tmp = up.tmp_name();

@@ -218,7 +218,7 @@ impl Union {
         }
         Attr {
             ino: node.ino,
-            generation: node.generation,
+            generation: u64::from(node.generation),
             st,
         }
     }
@@ -228,13 +228,11 @@ impl Union {
         let mut node = Node {
             ino: ROOT,
             kind: rustix::fs::FileType::Directory,
-            paths: vec![Path::new("").to_path_buf()],
+            paths: crate::node::Paths::one(Path::new("")),
             upper: self.upper.is_some(),
-            lowers: Vec::new(),
-            xwhiteouts: Vec::new(),
+            lowers: crate::node::Lowers::default(),
             lookups: 0,
             generation: 0,
-            pin: None,
         };
         // Like the kernel, an opaque marker on a layer root is ignored: the root always merges
         // every lower.
@@ -242,7 +240,7 @@ impl Union {
             node.lowers.push(i);
             if crate::layer::dir_markers(self.layers[i].root.as_fd(), &self.lower_keys)?.xwhiteouts
             {
-                node.xwhiteouts.push(i);
+                node.lowers.mark_xwhiteouts(i);
             }
         }
         Ok(node)

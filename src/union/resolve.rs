@@ -11,7 +11,7 @@ use rustix::fs::{FileType, Stat};
 
 use super::{Attr, Union};
 use crate::layer::{self, Probe};
-use crate::node::{Node, child_path};
+use crate::node::{Lowers, Node, Paths, child_path};
 use crate::sys::Errno;
 
 /// Where one union object lives, before it becomes a node.
@@ -46,7 +46,7 @@ impl Union {
         if dir.upper {
             v.push((0, false));
         }
-        v.extend(dir.lowers.iter().map(|&l| (l, dir.xwhiteouts.contains(&l))));
+        v.extend(dir.lowers.with_xwhiteouts());
         v
     }
 
@@ -82,13 +82,11 @@ impl Union {
                     let mut node = Node {
                         ino: 0,
                         kind,
-                        paths: vec![path.clone()],
+                        paths: Paths::one(&path),
                         upper: layer == 0 && self.upper.is_some(),
-                        lowers: Vec::new(),
-                        xwhiteouts: Vec::new(),
+                        lowers: Lowers::default(),
                         lookups: 0,
                         generation: 0,
-                        pin: None,
                     };
                     node.ino = self.inos.of((st.st_dev, st.st_ino));
                     if !node.upper {
@@ -142,7 +140,7 @@ impl Union {
         };
         // Xattr whiteouts count in lowers only; layer 0 is a lower when there is no upper.
         if m.xwhiteouts && layer >= self.lower_start() {
-            node.xwhiteouts.push(layer);
+            node.lowers.mark_xwhiteouts(layer);
         }
         Ok(m.opaque)
     }
@@ -151,16 +149,11 @@ impl Union {
     /// renaming it away needs a whiteout.
     pub(crate) fn lower_has(&self, parent: &Node, name: &OsStr) -> Result<bool, Errno> {
         let dir_path = parent.path().ok_or(Errno::NOENT)?;
-        for &layer in &parent.lowers {
+        for (layer, xwh) in parent.lowers.with_xwhiteouts() {
             let Some(dirfd) = self.layers[layer].lookup_dir(dir_path)? else {
                 continue;
             };
-            match layer::probe(
-                dirfd.as_fd(),
-                name,
-                parent.xwhiteouts.contains(&layer),
-                &self.lower_keys,
-            )? {
+            match layer::probe(dirfd.as_fd(), name, xwh, &self.lower_keys)? {
                 Probe::Absent => continue,
                 Probe::Whiteout => return Ok(false),
                 Probe::Object(_) => return Ok(true),
