@@ -401,7 +401,6 @@ fn mounted_stress_keeps_the_union_consistent() {
         return;
     }
     let panics = count_fuser_panics();
-    let _ = env_logger::builder().is_test(true).try_init(); // TEMP
     let stack = Stack::new(&LOWERS);
     let lowers = stack.lowers_dump();
     let mut m = UnionMount::mount(stack);
