@@ -6,8 +6,9 @@
 //!   buffer; the root's one path "" is a single NUL. Order is kept (the first path is the one
 //!   acted on).
 //! - `Lowers`: the lower layers of an object, top first, as 15-bit layer indices (hence
-//!   `MAX_LAYERS`), inline up to three, each carrying a flag for "this layer's copy of the directory may hold xattr
-//!   whiteouts", so the flagged layers are always a subset of the lowers.
+//!   `MAX_LAYERS`), inline up to three, each carrying a flag for "this layer's copy of the
+//!   directory may hold xattr whiteouts", so the flagged layers are always a subset of the
+//!   lowers.
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;

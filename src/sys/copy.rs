@@ -70,11 +70,11 @@ fn copy_range(
     Ok(())
 }
 
-/// Starts writing `len` bytes of `dst` at `off` back to disk without waiting. `POSIX_FADV_DONTNEED`
-/// does that (an asynchronous writeback of the range's dirty pages, as `sync_file_range`'s
-/// `SYNC_FILE_RANGE_WRITE` does, which rustix lacks); it drops only pages already clean, so
-/// none of the copy's dirty pages leave the page cache unwritten. Advisory: an error costs
-/// only the overlap.
+/// Starts writing `len` bytes of `dst` at `off` back to disk without waiting.
+/// `POSIX_FADV_DONTNEED` does that (an asynchronous writeback of the range's dirty pages, as
+/// `sync_file_range`'s `SYNC_FILE_RANGE_WRITE` does, which rustix lacks); it drops only pages
+/// already clean, so none of the copy's dirty pages leave the page cache unwritten. Advisory:
+/// an error costs only the overlap.
 fn start_write_back(dst: BorrowedFd<'_>, off: u64, len: u64) {
     if let Some(len) = std::num::NonZeroU64::new(len) {
         let _ = rustix::fs::fadvise(dst, off, Some(len), rustix::fs::Advice::DontNeed);
