@@ -87,8 +87,9 @@ Mount options (-o, comma-separated, repeatable; the last of two opposites wins):
   ro                     mount read-only; an UPPER then becomes the topmost lower layer
   fsname=NAME            the source shown in /proc/mounts (default: unionmount)
   passthrough=on|off|auto
-                         let the kernel read and write open upper files directly (Linux 6.9+,
-                         root only); auto (default) falls back when refused, on fails the mount
+                         let the kernel read and write open upper files directly (and every
+                         file of a union without an upper; Linux 6.9+, root only); auto
+                         (default) falls back when refused, on fails the mount
   allow_other, default_permissions, suid, dev, exec, rw
                          the opposites, to undo an earlier option
 Accepted and ignored, so that fstab lines and container engines work unchanged: atime,
