@@ -145,12 +145,7 @@ fn owner(p: &Path) -> String {
 
 /// `uid:gid mode` of every entry of `dir`, sorted by name.
 fn owners(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    names
+    crate::mount::names(dir)
         .iter()
         .map(|n| {
             let md = fs::symlink_metadata(dir.join(n)).unwrap();
